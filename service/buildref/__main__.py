@@ -1,0 +1,3 @@
+from buildref.cli import main
+
+raise SystemExit(main())

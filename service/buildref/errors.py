@@ -1,0 +1,36 @@
+"""Errors meant for people: every message starts with ``error:``."""
+
+
+class BuildrefError(Exception):
+    """Base of every error buildref reports; ``str()`` gives the one-line message."""
+
+    def __str__(self) -> str:
+        return f"error: {self.args[0] if self.args else 'unknown failure'}"
+
+
+class BadHash(BuildrefError):
+    """A hash string in none of the forms Nix accepts."""
+
+
+class BadStorePath(BuildrefError):
+    """A store path or store path name that Nix would reject."""
+
+
+class BadDerivation(BuildrefError):
+    """A .drv file that is not a well-formed derivation."""
+
+
+class BadArchive(BuildrefError):
+    """A file system object that cannot be put in a NAR."""
+
+
+class BadLockFile(BuildrefError):
+    """A flake.lock this version of buildref cannot read."""
+
+
+class GitError(BuildrefError):
+    """A repository or revision that cannot be read."""
+
+
+class UnknownRevision(GitError):
+    """A revision that does not name a commit in the repository."""

@@ -1,0 +1,243 @@
+"""The ``.drv`` ATerm format: parse bytes into a :class:`Derivation` and print it back, byte for byte.
+
+Parsing matches whole lists with compiled patterns so the per-item work stays in C; a malformed file
+is reported with the byte offset where it stops making sense.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+from buildref.errors import BadDerivation
+from buildref.nix.derivation import Derivation, InputNode, Output
+
+_T = TypeVar("_T")
+_S = rb'[^"\\]*(?:\\.[^"\\]*)*'  # the inside of a quoted string, escapes included
+_STR = rb'"' + _S + rb'"'
+_OUTPUT = rb'\("' + _S + rb'","' + _S + rb'","' + _S + rb'","' + _S + rb'"\)'
+_ENV = rb'\("' + _S + rb'","' + _S + rb'"\)'
+_STRLIST = rb"\[(?:" + _STR + rb"(?:," + _STR + rb")*)?\]"
+_INPUT = rb'\("' + _S + rb'",' + _STRLIST + rb"\)"
+
+
+def _list_of(item: bytes) -> re.Pattern[bytes]:
+    return re.compile(rb"\[((?:" + item + rb"(?:," + item + rb")*)?)\]", re.DOTALL)
+
+
+_OUTPUTS_LIST = _list_of(_OUTPUT)
+_INPUTS_LIST = _list_of(_INPUT)
+_ENV_LIST = _list_of(_ENV)
+_STR_LIST = _list_of(_STR)
+_STRING = re.compile(rb'"(' + _S + rb')"', re.DOTALL)
+_OUTPUT_ITEM = re.compile(rb'\("(' + _S + rb')","(' + _S + rb')","(' + _S + rb')","(' + _S + rb')"\)', re.DOTALL)
+_ENV_ITEM = re.compile(rb'\("(' + _S + rb')","(' + _S + rb')"\)', re.DOTALL)
+_INPUT_ITEM = re.compile(rb'\("(' + _S + rb')",\[((?:' + _STR + rb"(?:," + _STR + rb")*)?)\]\)", re.DOTALL)
+_ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
+_UNESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t"}
+
+
+def _unescape_match(m: re.Match[bytes]) -> bytes:
+    c = m.group(1)
+    return _UNESCAPES.get(c, c)
+
+
+def _unescape(raw: bytes) -> bytes:
+    return _ESCAPE.sub(_unescape_match, raw) if b"\\" in raw else raw
+
+
+def _ascii(raw: bytes, what: str) -> str:
+    try:
+        return _unescape(raw).decode("ascii")
+    except UnicodeDecodeError:
+        raise BadDerivation(f"{what} is not ASCII: {raw[:80]!r}") from None
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def fail(self, expected: str) -> BadDerivation:
+        if self.pos >= len(self.data):
+            return BadDerivation(f"truncated derivation: expected {expected} at end of input")
+        return BadDerivation(f"expected {expected} at byte {self.pos}, found {self.data[self.pos:self.pos + 20]!r}")
+
+    def expect(self, literal: bytes) -> None:
+        if not self.data.startswith(literal, self.pos):
+            raise self.fail(repr(literal.decode()))
+        self.pos += len(literal)
+
+    def match(self, pattern: re.Pattern[bytes], expected: str) -> re.Match[bytes]:
+        m = pattern.match(self.data, self.pos)
+        if m is None:
+            raise self.fail(expected)
+        self.pos = m.end()
+        return m
+
+    def string(self) -> bytes:
+        return _unescape(self.match(_STRING, "a string").group(1))
+
+    def peek(self, literal: bytes) -> bool:
+        return self.data.startswith(literal, self.pos)
+
+
+def parse(data: bytes, name: str) -> Derivation:
+    """Parse a ``Derive(...)`` or ``DrvWithVersion("xp-dyn-drv", ...)`` term; ``name`` is the
+    derivation's name, which Nix takes from the .drv path."""
+    r = _Reader(data)
+    version: str | None = None
+    if r.peek(b"DrvWithVersion("):
+        r.expect(b"DrvWithVersion(")
+        version = _ascii(r.match(_STRING, "a version string").group(1), "version")
+        if version != "xp-dyn-drv":
+            raise BadDerivation(f"unsupported derivation version '{version}'")
+        r.expect(b",")
+    else:
+        r.expect(b"Derive(")
+
+    body = r.match(_OUTPUTS_LIST, "a list of outputs").group(1)
+    outputs = tuple(
+        Output(_ascii(n, "output name"), _ascii(p, "output path"), _ascii(a, "hash algorithm"),
+               _ascii(h, "output hash"))
+        for n, p, a, h in _OUTPUT_ITEM.findall(body)
+    )
+    for output in outputs:
+        output.check()
+    r.expect(b",")
+
+    input_drvs: tuple[tuple[str, InputNode], ...]
+    m = _INPUTS_LIST.match(data, r.pos)
+    if m is not None:
+        r.pos = m.end()
+        input_drvs = tuple(
+            (_ascii(path, "input derivation"), InputNode(_strings(outs, lambda s: _ascii(s, "output name"))))
+            for path, outs in _INPUT_ITEM.findall(m.group(1))
+        )
+    else:
+        input_drvs = _dynamic_inputs(r)
+    r.expect(b",")
+    input_srcs = _strings(r.match(_STR_LIST, "a list of input sources").group(1),
+                          lambda s: _ascii(s, "input source"))
+    r.expect(b",")
+    system = r.string()
+    r.expect(b",")
+    builder = r.string()
+    r.expect(b",")
+    args = _strings(r.match(_STR_LIST, "a list of arguments").group(1), _unescape)
+    r.expect(b",")
+    env_body = r.match(_ENV_LIST, "an environment list").group(1)
+    env = tuple((_unescape(k), _unescape(v)) for k, v in _ENV_ITEM.findall(env_body))
+    r.expect(b")")
+    if r.pos != len(data):
+        raise BadDerivation(f"unexpected data after the derivation at byte {r.pos}")
+    return Derivation(name, outputs, input_drvs, input_srcs, system, builder, args, env, version)
+
+
+def _strings(body: bytes, convert: Callable[[bytes], _T]) -> tuple[_T, ...]:
+    return tuple(convert(s) for s in _STRING.findall(body))
+
+
+def _dynamic_inputs(r: _Reader) -> tuple[tuple[str, InputNode], ...]:
+    """The general input list, with nested output maps (``DrvWithVersion``)."""
+    r.expect(b"[")
+    items: list[tuple[str, InputNode]] = []
+    while not r.peek(b"]"):
+        if items:
+            r.expect(b",")
+        r.expect(b"(")
+        path = _ascii(r.match(_STRING, "an input derivation path").group(1), "input derivation")
+        r.expect(b",")
+        items.append((path, _input_node(r)))
+        r.expect(b")")
+    r.expect(b"]")
+    return tuple(items)
+
+
+def _input_node(r: _Reader) -> InputNode:
+    if not r.peek(b"("):
+        outs = r.match(_STR_LIST, "a list of output names").group(1)
+        return InputNode(_strings(outs, lambda s: _ascii(s, "output name")))
+    r.expect(b"(")
+    outs = r.match(_STR_LIST, "a list of output names").group(1)
+    r.expect(b",[")
+    children: list[tuple[str, InputNode]] = []
+    while not r.peek(b"]"):
+        if children:
+            r.expect(b",")
+        r.expect(b"(")
+        name = _ascii(r.match(_STRING, "an output name").group(1), "output name")
+        r.expect(b",")
+        children.append((name, _input_node(r)))
+        r.expect(b")")
+    r.expect(b"])")
+    return InputNode(_strings(outs, lambda s: _ascii(s, "output name")), tuple(children))
+
+
+# Printing ---------------------------------------------------------------------------------------
+
+def escape(value: bytes) -> bytes:
+    """Quote a string the way Nix's ``printString`` does."""
+    if b"\\" in value:
+        value = value.replace(b"\\", b"\\\\")
+    if b'"' in value:
+        value = value.replace(b'"', b'\\"')
+    if b"\n" in value:
+        value = value.replace(b"\n", b"\\n")
+    if b"\r" in value:
+        value = value.replace(b"\r", b"\\r")
+    if b"\t" in value:
+        value = value.replace(b"\t", b"\\t")
+    return b'"' + value + b'"'
+
+
+def _plain(value: str) -> bytes:
+    """Nix prints store paths, output names and hashes unescaped."""
+    return b'"' + value.encode() + b'"'
+
+
+def _plain_list(values: tuple[str, ...] | list[str]) -> bytes:
+    return b"[" + b",".join(_plain(v) for v in values) + b"]"
+
+
+def _node(node: InputNode) -> bytes:
+    outs = _plain_list(node.outputs)
+    if not node.children:
+        return outs
+    kids = b",".join(b"(" + _plain(name) + b"," + _node(child) + b")" for name, child in node.children)
+    return b"(" + outs + b",[" + kids + b"])"
+
+
+def print_drv(drv: Derivation, input_drvs: tuple[tuple[str, InputNode], ...] | None = None,
+              outputs: tuple[Output, ...] | None = None,
+              env: tuple[tuple[bytes, bytes], ...] | None = None) -> bytes:
+    """Print ``drv`` as Nix writes it. The keyword arguments replace parts of it, which is how
+    hashDerivationModulo prints masked outputs and input hashes in place of input paths."""
+    outs = drv.outputs if outputs is None else outputs
+    inputs = drv.input_drvs if input_drvs is None else input_drvs
+    dynamic = any(node.children for _, node in inputs)
+    parts = [
+        b'DrvWithVersion("xp-dyn-drv",[' if dynamic else b"Derive([",
+        b",".join(
+            b"(" + _plain(o.name) + b"," + _plain(o.path) + b"," + _plain(o.hash_algo) + b","
+            + _plain(o.hash) + b")"
+            for o in outs
+        ),
+        b"],[",
+        b",".join(b"(" + _plain(path) + b"," + _node(node) + b")" for path, node in inputs),
+        b"],",
+        _plain_list(drv.input_srcs),
+        b",",
+        b'"' + drv.system + b'"',  # Nix prints the system unescaped
+        b",",
+        escape(drv.builder),
+        b",[",
+        b",".join(escape(a) for a in drv.args),
+        b"],[",
+        b",".join(b"(" + escape(k) + b"," + escape(v) + b")" for k, v in (drv.env if env is None else env)),
+        b"])",
+    ]
+    return b"".join(parts)
