@@ -1,0 +1,212 @@
+"""The ``buildref`` command line: one function per subcommand; results on stdout, logs on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import TypedDict
+
+from buildref import __version__
+from buildref.errors import BuildrefError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class SourceJson(TypedDict):
+    rev: str
+    narHash: str
+    storePath: str
+    lastModified: int
+    revCount: int
+    narSize: int
+    rule: str
+
+
+class PathJson(TypedDict):
+    narHash: str
+    storePath: str
+    narSize: int
+
+
+class MismatchJson(TypedDict):
+    what: str
+    recorded: str
+    computed: str
+
+
+class VerifyJson(TypedDict):
+    drvPath: str
+    ok: bool
+    mismatches: list[MismatchJson]
+
+
+def _print_json(value: object) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    from buildref.localstore import default_store_dir
+
+    store_dir = args.store_dir or default_store_dir()
+    if args.path is not None:
+        return _hash_path(args, store_dir)
+    if args.repo is None:
+        raise BuildrefError("give a repository, or --path PATH for a file or directory")
+
+    from buildref.git.source import GitRepository
+    from buildref.git.tree_nar import TreeRule
+
+    info = GitRepository(args.repo, store_dir).source(args.rev, args.subdir, TreeRule(args.rule))
+    result: SourceJson = {
+        "rev": info.rev,
+        "narHash": info.nar_hash.sri,
+        "storePath": info.store_path,
+        "lastModified": info.last_modified,
+        "revCount": info.rev_count,
+        "narSize": info.nar_size,
+        "rule": info.rule.value,
+    }
+    if args.json:
+        _print_json(result)
+    else:
+        for key, value in result.items():
+            print(f"{key}\t{value}")
+    return 0
+
+
+def _hash_path(args: argparse.Namespace, store_dir: str) -> int:
+    import os
+
+    from buildref.nix.nar import hash_path
+    from buildref.nix.storepath import check_name, source_path
+
+    if args.repo is not None or args.subdir is not None or args.rev != "HEAD":
+        raise BuildrefError("--path hashes a file or directory; it takes no repository, --rev or --subdir")
+    name = check_name(args.name or os.path.basename(os.path.normpath(args.path)))
+    info = hash_path(args.path)
+    result: PathJson = {
+        "narHash": info.nar_hash.sri,
+        "storePath": source_path(info.nar_hash, name, store_dir=store_dir),
+        "narSize": info.nar_size,
+    }
+    if args.json:
+        _print_json(result)
+    else:
+        for key, value in result.items():
+            print(f"{key}\t{value}")
+    return 0
+
+
+def cmd_drv_show(args: argparse.Namespace) -> int:
+    from buildref.localstore import DrvReader, default_store_dir
+    from buildref.nix.showjson import show_derivations
+
+    reader = DrvReader(args.store_dir or default_store_dir())
+    paths = reader.closure(args.drvs) if args.recursive else [str(reader.drv_path(p)) for p in args.drvs]
+    drvs = {p: reader.load(p) for p in paths}
+    sys.stdout.buffer.write(show_derivations(drvs.items(), reader.store_dir))
+    return 0
+
+
+def cmd_drv_verify(args: argparse.Namespace) -> int:
+    from buildref.localstore import DrvReader, default_store_dir
+    from buildref.nix.drvhash import DrvHasher, verify
+
+    reader = DrvReader(args.store_dir or default_store_dir())
+    hasher = DrvHasher(reader.load, reader.store_dir)
+    paths = reader.closure(args.drvs) if args.recursive else [str(reader.drv_path(p)) for p in args.drvs]
+    results: list[VerifyJson] = []
+    failed = 0
+    for path in paths:
+        data, drv = reader.read(path)
+        mismatches = verify(path, data, drv, hasher)
+        failed += bool(mismatches)
+        results.append({
+            "drvPath": path,
+            "ok": not mismatches,
+            "mismatches": [
+                {"what": m.what, "recorded": m.recorded, "computed": m.computed} for m in mismatches
+            ],
+        })
+        if not args.json:
+            for m in mismatches:
+                print(f"mismatch: {m}")
+    if args.json:
+        _print_json(results)
+    print(f"{len(paths) - failed} of {len(paths)} derivations verified", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="buildref",
+        description="Find the Nix build that came from a git ref, and the commit a store path came from.",
+    )
+    parser.add_argument("--version", action="version", version=f"buildref {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    hash_ = commands.add_parser(
+        "hash",
+        help="narHash and store path of a git revision, a directory in it, or a local path",
+        description=(
+            "Print what builtins.fetchGit gives for REPO at REV (no checkout, no Nix needed): "
+            "rev, narHash (SRI), storePath, lastModified, revCount. With --subdir, the directory "
+            "as Nix copies ./DIR out of the fetched tree (store path named after it). With --path, "
+            "the narHash and store path of a local file or directory."
+        ),
+    )
+    hash_.add_argument("repo", nargs="?", metavar="REPO", help="path of a git repository")
+    hash_.add_argument("--rev", default="HEAD", help="revision: hash, branch, tag, HEAD~2... (default HEAD)")
+    hash_.add_argument("--subdir", metavar="DIR", help="a directory (or file) inside the revision")
+    hash_.add_argument(
+        "--rule", choices=["export-ignore", "raw"], default="export-ignore",
+        help="export-ignore: leave out what .gitattributes marks export-ignore, as builtins.fetchGit "
+             "and Nix <= 2.19 do (default); raw: the tree as committed, as flake inputs on Nix >= 2.20",
+    )
+    hash_.add_argument("--path", metavar="PATH", help="hash a local file or directory instead")
+    hash_.add_argument("--name", help="store path name for --path (default: its base name)")
+    hash_.add_argument("--store-dir", help="Nix store directory (default $NIX_STORE_DIR or /nix/store)")
+    hash_.add_argument("--json", action="store_true", help="print one JSON object")
+    hash_.set_defaults(handler=cmd_hash)
+
+    drv = commands.add_parser("drv", help="read and check .drv files").add_subparsers(
+        dest="drv_command", required=True, metavar="SUBCOMMAND"
+    )
+    show = drv.add_parser(
+        "show", help="print derivations as `nix show-derivation` does",
+        description="Print the JSON `nix show-derivation` prints (Nix 2.8 shape), keyed by drv path.",
+    )
+    verify = drv.add_parser(
+        "verify", help="recompute output paths and drv paths; exit 1 on any mismatch",
+        description=(
+            "Recompute each derivation's output paths (hashDerivationModulo, fixed-output paths) "
+            "and its own store path from its contents; print one line per mismatch; exit 0 only "
+            "when everything matches."
+        ),
+    )
+    for sub, handler in ((show, cmd_drv_show), (verify, cmd_drv_verify)):
+        sub.add_argument("drvs", nargs="+", metavar="DRV", help="a .drv store path")
+        sub.add_argument("-r", "--recursive", action="store_true",
+                         help="include every derivation the given ones depend on")
+        sub.add_argument("--store-dir", help="Nix store directory (default $NIX_STORE_DIR or /nix/store)")
+        sub.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except BuildrefError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    except OSError as e:
+        where = f" '{e.filename}'" if e.filename else ""
+        print(f"error: cannot access{where}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

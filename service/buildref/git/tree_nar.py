@@ -1,0 +1,245 @@
+"""The NAR of a git tree, read straight from the object database: no checkout, no Nix.
+
+Two rules exist for the same commit (see docs/nix-facts.md): ``RAW`` reads the tree as it is
+(flake inputs on Nix >= 2.20), ``EXPORT_IGNORE`` leaves out what ``.gitattributes`` marks
+``export-ignore`` (``builtins.fetchGit``, and every git input on Nix <= 2.19, which used
+``git archive``). Each subtree's serialisation is memoised by tree id (and, under export-ignore, by
+the attribute rules that reach into it), so hashing the next commit reads only what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from buildref.errors import BadArchive, GitError
+from buildref.git.attributes import Rule, export_ignored, parse_attributes
+from buildref.nix import nar
+from buildref.nix.hashes import Hash, HashAlgo
+from buildref.nix.nar import NarInfo
+
+
+class TreeRule(Enum):
+    """Which files of a commit Nix puts in the store."""
+
+    EXPORT_IGNORE = "export-ignore"
+    RAW = "raw"
+
+_TREE = 2
+_BLOB = 3
+_MODE_TREE = 0o040000
+_MODE_LINK = 0o120000
+_MODE_GITLINK = 0o160000
+_MODE_TYPE = 0o170000
+_MODE_REGULAR = 0o100000
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    name: bytes
+    mode: int
+    oid: bytes
+
+    @property
+    def is_tree(self) -> bool:
+        return self.mode & _MODE_TYPE == _MODE_TREE
+
+    @property
+    def is_gitlink(self) -> bool:
+        return self.mode & _MODE_TYPE == _MODE_GITLINK
+
+
+def parse_tree(data: bytes, oid_size: int = 20) -> list[Entry]:
+    """Entries of a raw git tree object: ``<octal mode> <name>\\0<binary oid>`` repeated."""
+    entries = []
+    pos, end = 0, len(data)
+    while pos < end:
+        space = data.find(b" ", pos)
+        nul = data.find(b"\0", space + 1)
+        if space == -1 or nul == -1 or nul + 1 + oid_size > end:
+            raise GitError("corrupt git tree object")
+        entries.append(Entry(data[space + 1:nul], int(data[pos:space], 8), data[nul + 1:nul + 1 + oid_size]))
+        pos = nul + 1 + oid_size
+    return entries
+
+
+class Fragment:
+    """The NAR serialisation of one node: bytes and shared child fragments, in order."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, parts: list[bytes | Fragment]) -> None:
+        self.parts = parts
+        self.size = sum(len(p) if isinstance(p, bytes) else p.size for p in parts)
+
+    def chunks(self) -> Iterator[bytes]:
+        stack: list[Iterator[bytes | Fragment]] = [iter(self.parts)]
+        while stack:
+            part = next(stack[-1], None)
+            if part is None:
+                stack.pop()
+            elif isinstance(part, bytes):
+                yield part
+            else:
+                stack.append(iter(part.parts))
+
+
+_MemoKey = tuple[bytes, tuple[Rule, ...], bytes]
+
+
+class TreeNarCache:
+    """Serialises git trees of one repository to NAR, memoising subtrees. Holds at most about
+    ``max_bytes`` of serialised data; past that the memo starts over."""
+
+    def __init__(self, repo: Any, max_bytes: int = 512 << 20) -> None:
+        self._repo = repo
+        self._odb = repo.odb
+        self.max_bytes = max_bytes
+        self._memo: dict[_MemoKey, Fragment] = {}
+        self._memo_bytes = 0
+        self.trees_read = 0  # how many tree objects were serialised (not taken from the memo)
+
+    def _read(self, oid: bytes, want: int) -> bytes:
+        import pygit2
+
+        try:
+            kind, data = self._odb.read(pygit2.Oid(raw=oid))
+        except (KeyError, ValueError) as e:
+            raise GitError(f"git object {oid.hex()} is missing: {e}") from None
+        if kind != want:
+            raise GitError(f"git object {oid.hex()} is not a {'tree' if want == _TREE else 'blob'}")
+        return bytes(data)
+
+    def leaf(self, entry: Entry) -> bytes:
+        """The NAR node of a non-directory entry."""
+        if entry.is_gitlink:
+            return nar.EMPTY_DIRECTORY  # submodules are not fetched
+        kind = entry.mode & _MODE_TYPE
+        if kind == _MODE_LINK:
+            return nar.symlink(self._read(entry.oid, _BLOB))
+        if kind == _MODE_REGULAR:
+            return nar.regular(self._read(entry.oid, _BLOB), bool(entry.mode & 0o100))
+        raise BadArchive(f"git entry {entry.name!r} has unsupported mode {entry.mode:o}")
+
+    def rules_of(self, entries: list[Entry], path: bytes) -> list[Rule]:
+        """The export-ignore rules of the ``.gitattributes`` among ``entries``, if any."""
+        for entry in entries:
+            if entry.name == b".gitattributes" and entry.mode & _MODE_TYPE == _MODE_REGULAR:
+                return parse_attributes(self._read(entry.oid, _BLOB), path)
+        return []
+
+    def fragment(self, tree: bytes, rule: TreeRule, inherited: tuple[Rule, ...] = (),
+                 path: bytes = b"") -> Fragment:
+        """The NAR node of ``tree`` found at ``path`` (``""`` or ending in ``/``)."""
+        # Iterative post-order walk: trees can be deeper than Python's recursion limit.
+        root_key = self.key(tree, rule, inherited, path)
+        found = self._memo.get(root_key)
+        if found is not None:
+            return found
+        stack = [_Frame.open(self, tree, rule, inherited, path, root_key)]
+        result: Fragment | None = None
+        while stack:
+            frame = stack[-1]
+            child = frame.next_subtree(self)
+            if child is not None:
+                stack.append(child)
+                continue
+            result = frame.finish()
+            self._remember(frame.key, result)
+            stack.pop()
+            if stack:
+                stack[-1].attach(result)
+        assert result is not None
+        return result
+
+    def key(self, tree: bytes, rule: TreeRule, inherited: tuple[Rule, ...], path: bytes) -> _MemoKey:
+        if rule is TreeRule.RAW:
+            return (tree, (), b"raw")
+        # Rules from above make the result depend on where the tree sits; without them it doesn't.
+        return (tree, inherited, path if inherited else b"")
+
+    def memoised(self, key: _MemoKey) -> Fragment | None:
+        return self._memo.get(key)
+
+    def _remember(self, key: _MemoKey, fragment: Fragment) -> None:
+        if self._memo_bytes + fragment.size > self.max_bytes:
+            self._memo.clear()
+            self._memo_bytes = 0
+        self._memo[key] = fragment
+        self._memo_bytes += fragment.size
+
+    def nar_info(self, fragment: Fragment) -> NarInfo:
+        h = hashlib.sha256(nar.MAGIC)
+        for chunk in fragment.chunks():
+            h.update(chunk)
+        return NarInfo(Hash(HashAlgo.SHA256, h.digest()), len(nar.MAGIC) + fragment.size)
+
+    def leaf_fragment(self, entry: Entry) -> Fragment:
+        return Fragment([self.leaf(entry)])
+
+    def entries(self, tree: bytes) -> list[Entry]:
+        return parse_tree(self._read(tree, _TREE), len(tree))
+
+
+class _Frame:
+    """One directory being serialised: its entries in NAR order and the parts made so far."""
+
+    __slots__ = ("entries", "index", "inherited", "key", "parts", "path", "rule")
+
+    def __init__(self, entries: list[Entry], rule: TreeRule, inherited: tuple[Rule, ...],
+                 path: bytes, key: _MemoKey) -> None:
+        self.entries = entries
+        self.rule = rule
+        self.inherited = inherited
+        self.path = path
+        self.key = key
+        self.index = 0
+        self.parts: list[bytes | Fragment] = [nar.DIRECTORY_HEADER]
+
+    @classmethod
+    def open(cls, cache: TreeNarCache, tree: bytes, rule: TreeRule, inherited: tuple[Rule, ...],
+             path: bytes, key: _MemoKey) -> _Frame:
+        cache.trees_read += 1
+        entries = cache.entries(tree)
+        if rule is TreeRule.EXPORT_IGNORE:
+            inherited = inherited + tuple(cache.rules_of(entries, path))
+            if inherited:
+                entries = [
+                    e for e in entries
+                    if not export_ignored(inherited, path + e.name, e.is_tree or e.is_gitlink)
+                ]
+        entries.sort(key=lambda e: e.name)  # NAR order: raw bytes, not git's tree order
+        for e in entries:
+            nar.check_entry_name(e.name, path.decode(errors="replace") or "tree root")
+        return cls(entries, rule, inherited, path, key)
+
+    def next_subtree(self, cache: TreeNarCache) -> _Frame | None:
+        """Add leaf entries until reaching a subtree that is not memoised; open a frame for it."""
+        while self.index < len(self.entries):
+            entry = self.entries[self.index]
+            self.index += 1
+            prefix = nar.entry_prefix(entry.name)
+            if not entry.is_tree:
+                self.parts.append(prefix + cache.leaf(entry) + nar.CLOSE)
+                continue
+            child_path = self.path + entry.name + b"/"
+            key = cache.key(entry.oid, self.rule, self.inherited, child_path)
+            self.parts.append(prefix)
+            memo = cache.memoised(key)
+            if memo is not None:
+                self.parts.append(memo)
+                self.parts.append(nar.CLOSE)
+                continue
+            return _Frame.open(cache, entry.oid, self.rule, self.inherited, child_path, key)
+        return None
+
+    def attach(self, child: Fragment) -> None:
+        self.parts.append(child)
+        self.parts.append(nar.CLOSE)
+
+    def finish(self) -> Fragment:
+        self.parts.append(nar.CLOSE)
+        return Fragment(self.parts)

@@ -1,0 +1,70 @@
+"""Reading .drv files out of the local store directory: the one place that opens store files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from buildref.errors import BadDerivation, BadStorePath
+from buildref.nix.aterm import parse
+from buildref.nix.derivation import Derivation
+from buildref.nix.storepath import DEFAULT_STORE_DIR, StorePath
+
+
+def default_store_dir() -> str:
+    return os.environ.get("NIX_STORE_DIR", DEFAULT_STORE_DIR).rstrip("/")
+
+
+class DrvReader:
+    """Reads and parses derivations by store path, each at most once."""
+
+    def __init__(self, store_dir: str = DEFAULT_STORE_DIR) -> None:
+        self.store_dir = store_dir
+        self._parsed: dict[str, tuple[bytes, Derivation]] = {}
+
+    def drv_path(self, path: str) -> StorePath:
+        """Check that ``path`` names a derivation in this store; a relative or ``./`` path to a
+        store file (as a shell glob gives) is accepted too."""
+        absolute = os.path.abspath(path) if not path.startswith(self.store_dir + "/") else path
+        store_path = StorePath.parse(absolute, self.store_dir)
+        if not store_path.is_derivation:
+            raise BadStorePath(f"'{path}' is not a derivation (.drv)")
+        return store_path
+
+    def read(self, path: str) -> tuple[bytes, Derivation]:
+        done = self._parsed.get(path)
+        if done is not None:
+            return done
+        store_path = self.drv_path(path)
+        path = str(store_path)
+        try:
+            with open(str(store_path), "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise BadDerivation(f"cannot read derivation '{path}': {e.strerror}") from None
+        try:
+            drv = parse(data, store_path.drv_name)
+        except BadDerivation as e:
+            raise BadDerivation(f"{path}: {e.args[0]}") from None
+        self._parsed[path] = (data, drv)
+        return data, drv
+
+    def load(self, path: str) -> Derivation:
+        return self.read(path)[1]
+
+    def closure(self, roots: Iterable[str]) -> list[str]:
+        """The derivations ``roots`` depend on, roots included: input derivations, and input
+        sources that are themselves .drv files (``drvPath`` in a string)."""
+        seen: set[str] = set()
+        order: list[str] = []
+        stack = [str(self.drv_path(r)) for r in roots]
+        while stack:
+            path = stack.pop()
+            if path in seen:
+                continue
+            seen.add(path)
+            order.append(path)
+            drv = self.load(path)
+            stack.extend(p for p, _ in drv.input_drvs if p not in seen)
+            stack.extend(p for p in drv.input_srcs if p.endswith(".drv") and p not in seen)
+        return order
