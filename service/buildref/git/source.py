@@ -106,4 +106,8 @@ class GitRepository:
                 raise GitError(f"'{subdir}' does not exist in this revision")
             tree = entry.oid
             path = path + name + b"/"
-        return self.trees.fragment(tree, rule, rules, path)
+        fragment = self.trees.fragment(tree, rule, rules, path)
+        if rule is TreeRule.EXPORT_IGNORE and not fragment.archived:
+            raise GitError(f"'{subdir}' holds nothing outside export-ignore'd directories, "
+                           "so git archive (and Nix) leave it out")
+        return fragment

@@ -69,11 +69,13 @@ def parse_tree(data: bytes, oid_size: int = 20) -> list[Entry]:
 class Fragment:
     """The NAR serialisation of one node: bytes and shared child fragments, in order."""
 
-    __slots__ = ("parts", "size")
+    __slots__ = ("archived", "parts", "size")
 
-    def __init__(self, parts: list[bytes | Fragment]) -> None:
+    def __init__(self, parts: list[bytes | Fragment], archived: bool = True) -> None:
         self.parts = parts
         self.size = sum(len(p) if isinstance(p, bytes) else p.size for p in parts)
+        # Whether `git archive` writes this directory at all (see _Frame.attach).
+        self.archived = archived
 
     def chunks(self) -> Iterator[bytes]:
         stack: list[Iterator[bytes | Fragment]] = [iter(self.parts)]
@@ -187,10 +189,11 @@ class TreeNarCache:
 class _Frame:
     """One directory being serialised: its entries in NAR order and the parts made so far."""
 
-    __slots__ = ("entries", "index", "inherited", "key", "parts", "path", "rule")
+    __slots__ = ("archived", "entries", "index", "inherited", "key", "parts", "path", "pending", "rule")
 
     def __init__(self, entries: list[Entry], rule: TreeRule, inherited: tuple[Rule, ...],
-                 path: bytes, key: _MemoKey) -> None:
+                 path: bytes, key: _MemoKey, archived: bool) -> None:
+        self.archived = archived
         self.entries = entries
         self.rule = rule
         self.inherited = inherited
@@ -198,12 +201,16 @@ class _Frame:
         self.key = key
         self.index = 0
         self.parts: list[bytes | Fragment] = [nar.DIRECTORY_HEADER]
+        self.pending = b""  # the entry prefix of the subtree being serialised
 
     @classmethod
     def open(cls, cache: TreeNarCache, tree: bytes, rule: TreeRule, inherited: tuple[Rule, ...],
              path: bytes, key: _MemoKey) -> _Frame:
         cache.trees_read += 1
         entries = cache.entries(tree)
+        # git archive writes a directory (queued until then) just before it considers the first
+        # non-directory entry below it, whether or not that entry is then export-ignored.
+        archived = any(not e.is_tree for e in entries)
         if rule is TreeRule.EXPORT_IGNORE:
             inherited = inherited + tuple(cache.rules_of(entries, path))
             if inherited:
@@ -214,7 +221,7 @@ class _Frame:
         entries.sort(key=lambda e: e.name)  # NAR order: raw bytes, not git's tree order
         for e in entries:
             nar.check_entry_name(e.name, path.decode(errors="replace") or "tree root")
-        return cls(entries, rule, inherited, path, key)
+        return cls(entries, rule, inherited, path, key, archived)
 
     def next_subtree(self, cache: TreeNarCache) -> _Frame | None:
         """Add leaf entries until reaching a subtree that is not memoised; open a frame for it."""
@@ -227,19 +234,24 @@ class _Frame:
                 continue
             child_path = self.path + entry.name + b"/"
             key = cache.key(entry.oid, self.rule, self.inherited, child_path)
-            self.parts.append(prefix)
+            self.pending = prefix
             memo = cache.memoised(key)
             if memo is not None:
-                self.parts.append(memo)
-                self.parts.append(nar.CLOSE)
+                self.attach(memo)
                 continue
             return _Frame.open(cache, entry.oid, self.rule, self.inherited, child_path, key)
         return None
 
     def attach(self, child: Fragment) -> None:
+        # A directory with no file, symlink or gitlink below it outside export-ignored directories
+        # (or an empty tree object) is never written by git archive, so Nix does not have it.
+        if self.rule is TreeRule.EXPORT_IGNORE and not child.archived:
+            return
+        self.archived = True
+        self.parts.append(self.pending)
         self.parts.append(child)
         self.parts.append(nar.CLOSE)
 
     def finish(self) -> Fragment:
         self.parts.append(nar.CLOSE)
-        return Fragment(self.parts)
+        return Fragment(self.parts, self.archived)

@@ -1,0 +1,17 @@
+"""Fixtures: the real Nix, with an isolated configuration."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from helpers import Nix
+
+
+@pytest.fixture(scope="session")
+def nix(tmp_path_factory: pytest.TempPathFactory) -> Nix:
+    # Tests that need Nix fail, never skip, when it is missing: CI must install it.
+    missing = [tool for tool in ("nix", "nix-instantiate", "nix-store") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"real Nix is required: {', '.join(missing)} not on PATH (apt-get install nix-bin)")
+    return Nix(tmp_path_factory.mktemp("nixhome"))

@@ -1,0 +1,81 @@
+"""Test helpers: real Nix with an isolated configuration, git, and the buildref CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+NIX_CONFIG = "\n".join([
+    "sandbox = false",
+    "substituters =",
+    "build-users-group =",
+    "experimental-features = nix-command flakes ca-derivations impure-derivations",
+    "warn-dirty = false",
+])
+
+
+class Nix:
+    """Runs the real Nix (root, single-user, nothing from /etc, no network)."""
+
+    def __init__(self, home: Path) -> None:
+        self.env = {
+            **os.environ,
+            "NIX_CONFIG": NIX_CONFIG,
+            "HOME": str(home),
+            "XDG_CACHE_HOME": str(home / "cache"),
+            "XDG_CONFIG_HOME": str(home / "config"),
+            "NIX_REMOTE": "",
+        }
+
+    def run(self, *args: str, input: bytes | None = None) -> bytes:
+        proc = subprocess.run(args, env=self.env, input=input, capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr.decode(errors='replace')}")
+        return proc.stdout
+
+    def eval_json(self, expr: str) -> object:
+        return json.loads(self.run("nix", "eval", "--impure", "--json", "--expr", expr))
+
+    def instantiate(self, file: Path, *attrs: str) -> list[str]:
+        args = ["nix-instantiate", str(file)]
+        for attr in attrs:
+            args += ["-A", attr]
+        return self.run(*args).decode().split()
+
+
+def buildref(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    proc = subprocess.run([sys.executable, "-m", "buildref", *args], capture_output=True, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"buildref {' '.join(args)} failed:\n{proc.stderr.decode(errors='replace')}")
+    return proc
+
+
+def buildref_json(*args: str) -> object:
+    return json.loads(buildref(*args, "--json").stdout)
+
+
+def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=True,
+                          env={**os.environ, **(env or {})})
+    return proc.stdout.decode().strip()
+
+
+def nix_string(value: str) -> str:
+    return json.dumps(value).replace("${", "\\${")
+
+
+def assert_error_line(proc: subprocess.CompletedProcess[bytes], *fragments: str) -> None:
+    """A failure the way buildref reports bad input: non-zero exit, one ``error:`` line, no traceback."""
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode != 0, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], err
+
