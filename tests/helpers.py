@@ -65,7 +65,7 @@ def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
 
 
 def nix_string(value: str) -> str:
-    return json.dumps(value).replace("${", "\\${")
+    return json.dumps(value, ensure_ascii=False).replace("${", "\\${")
 
 
 def assert_error_line(proc: subprocess.CompletedProcess[bytes], *fragments: str) -> None:
