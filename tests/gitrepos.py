@@ -62,7 +62,7 @@ class RandomRepo:
         parts = rel.split(b"/")
         for i in range(1, len(parts)):
             parent = self._abs(b"/".join(parts[:i]))
-            if os.path.lexists(parent) and not os.path.isdir(parent) or os.path.islink(parent):
+            if (os.path.lexists(parent) and not os.path.isdir(parent)) or os.path.islink(parent):
                 return False
             if b"/".join(parts[:i]) in self.gitlinks:
                 return False

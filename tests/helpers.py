@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +33,8 @@ class Nix:
     def run(self, *args: str, input: bytes | None = None) -> bytes:
         proc = subprocess.run(args, env=self.env, input=input, capture_output=True, check=False)
         if proc.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr.decode(errors='replace')}")
+            err = proc.stderr.decode(errors="replace")
+            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{err}")
         return proc.stdout
 
     def eval_json(self, expr: str) -> object:

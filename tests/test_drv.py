@@ -9,14 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from drvsets import DrvSet
-from helpers import Nix, assert_error_line, buildref
 
 from buildref.localstore import DrvReader
 from buildref.nix.aterm import parse, print_drv
 from buildref.nix.derivation import OutputKind
 from buildref.nix.drvhash import DrvHasher, verify
 from buildref.nix.storepath import DEFAULT_STORE_DIR, nix32_encode
+from drvsets import DrvSet
+from helpers import Nix, assert_error_line, buildref
 
 SEEDS = range(10)
 
@@ -69,7 +69,7 @@ def _all_drvs(drv_sets: dict[int, list[str]]) -> Iterator[tuple[str, bytes]]:
 def test_the_random_sets_cover_every_kind(drv_sets: dict[int, list[str]]) -> None:
     """The cases the issue lists all occur, so the comparisons above are not vacuous."""
     seen: set[str] = set()
-    for path, data in _all_drvs(drv_sets):
+    for _path, data in _all_drvs(drv_sets):
         drv = parse(data, "x")
         for o in drv.outputs:
             seen.add(o.kind.value)
@@ -122,7 +122,8 @@ def store_file() -> Iterator[list[str]]:
 
 
 def test_verify_reports_each_tampered_fact(drv_sets: dict[int, list[str]], store_file: list[str]) -> None:
-    original = next(p for p, data in _all_drvs(drv_sets) if b'"","","")' not in data and b'("out","/nix' in data)
+    original = next(p for p, data in _all_drvs(drv_sets)
+                    if b'"","","")' not in data and b'("out","/nix' in data)
     data = Path(original).read_bytes()
     drv = parse(data, "x")
     out = next(o for o in drv.outputs if o.name == "out")
@@ -188,7 +189,8 @@ BAD_DRVS = {
     "garbage": lambda d: b"\x00\xffnot a derivation",
     "bad outputs": lambda d: d.replace(b"Derive([", b"Derive([(1,", 1),
     "trailing bytes": lambda d: d + b"x",
-    "bad hash": lambda d: b'Derive([("out","/nix/store/0000000000000000000000000000000a-x","sha256","zz")],[],[],"s","b",[],[])',
+    "bad hash": lambda d: (b'Derive([("out","/nix/store/0000000000000000000000000000000a-x",'
+                           b'"sha256","zz")],[],[],"s","b",[],[])'),
     "unclosed string": lambda d: d[:-5] + b'\\"])',
 }
 
@@ -210,5 +212,6 @@ def test_paths_that_are_not_derivations_are_one_line_errors(tmp_path: Path) -> N
     assert_error_line(buildref("drv", "show", str(outside), check=False), "not in the Nix store")
     missing = _fake_store_path("missing.drv")
     assert_error_line(buildref("drv", "verify", missing, check=False), "cannot read derivation")
-    assert_error_line(buildref("drv", "show", f"{DEFAULT_STORE_DIR}/short-x.drv", check=False), "not a store path")
+    short = f"{DEFAULT_STORE_DIR}/short-x.drv"
+    assert_error_line(buildref("drv", "show", short, check=False), "not a store path")
     assert_error_line(buildref("drv", "show", _fake_store_path("x.txt"), check=False), "not a derivation")

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from gitrepos import RandomRepo
-from helpers import Nix
 
 from buildref.errors import BadLockFile
 from buildref.git.source import GitRepository
 from buildref.nix.flakelock import parse_lock
+from gitrepos import RandomRepo
+from helpers import Nix
 
 
 def _flake(path: Path, inputs: str, follows: str = "") -> None:
@@ -97,7 +97,8 @@ def test_versions_and_input_types(version: int) -> None:
     (_lock(7, {"root": {"inputs": {"x": ["y"]}}}), "names no input"),
     (_lock(7, {"root": {"inputs": {"a": ["b"], "b": ["a"]}}}), "cycle"),
     (_lock(7, {"root": {"inputs": {"n": "n"}}, "n": {"locked": {"type": "svn"}}}), "unknown input type"),
-    (_lock(7, {"root": {"inputs": {"n": "n"}}, "n": {"locked": {"type": "git", "narHash": "x"}}}), "node 'n'"),
+    (_lock(7, {"root": {"inputs": {"n": "n"}}, "n": {"locked": {"type": "git", "narHash": "x"}}}),
+     "node 'n'"),
 ])
 def test_bad_lock_files(text: str, message: str) -> None:
     with pytest.raises(BadLockFile) as info:

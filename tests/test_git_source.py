@@ -8,13 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from gitrepos import RandomRepo, tracked_dirs
-from helpers import Nix, assert_error_line, buildref, buildref_json, git, nix_string
 
+from buildref.errors import BadStorePath
 from buildref.git.source import GitRepository
 from buildref.git.tree_nar import TreeRule
 from buildref.nix.storepath import check_name
-from buildref.errors import BadStorePath
+from gitrepos import RandomRepo, tracked_dirs
+from helpers import Nix, assert_error_line, buildref, buildref_json, git, nix_string
 
 SEEDS = range(8)
 

@@ -8,7 +8,6 @@ import random
 from pathlib import Path
 
 import pytest
-from helpers import Nix, nix_string
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +21,7 @@ from buildref.nix.storepath import (
     source_path,
     text_path,
 )
+from helpers import Nix, nix_string
 
 
 def test_reference_vector() -> None:

@@ -8,9 +8,9 @@ import random
 from pathlib import Path
 
 import pytest
-from helpers import Nix, assert_error_line, buildref
 
 from buildref.nix.nar import dump_path, hash_path
+from helpers import Nix, assert_error_line, buildref
 
 
 def _random_tree(root: Path, rng: random.Random) -> None:
@@ -82,4 +82,5 @@ def test_unsupported_files_and_bad_names_are_errors(tmp_path: Path) -> None:
     os.mkfifo(fifo / "pipe")
     assert_error_line(buildref("hash", "--path", str(fifo), check=False), "unsupported type")
     assert_error_line(buildref("hash", "--path", str(tmp_path / "missing"), check=False), "cannot read")
-    assert_error_line(buildref("hash", "--path", str(fifo), "--name", "a b", check=False), "illegal character")
+    bad_name = buildref("hash", "--path", str(fifo), "--name", "a b", check=False)
+    assert_error_line(bad_name, "illegal character")

@@ -105,8 +105,7 @@ def cmd_drv_show(args: argparse.Namespace) -> int:
 
     reader = DrvReader(args.store_dir or default_store_dir())
     paths = reader.closure(args.drvs) if args.recursive else [str(reader.drv_path(p)) for p in args.drvs]
-    drvs = {p: reader.load(p) for p in paths}
-    sys.stdout.buffer.write(show_derivations(drvs.items(), reader.store_dir))
+    sys.stdout.buffer.write(show_derivations(((p, reader.split(p)[1]) for p in paths), reader.store_dir))
     return 0
 
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable
 
 from buildref.errors import BadDerivation, BadStorePath
-from buildref.nix.aterm import parse
+from buildref.nix.aterm import Sections, split
 from buildref.nix.derivation import Derivation
 from buildref.nix.storepath import DEFAULT_STORE_DIR, StorePath
 
@@ -16,37 +16,44 @@ def default_store_dir() -> str:
 
 
 class DrvReader:
-    """Reads and parses derivations by store path, each at most once."""
+    """Reads, checks and parses derivations by store path, each file at most once."""
 
     def __init__(self, store_dir: str = DEFAULT_STORE_DIR) -> None:
         self.store_dir = store_dir
-        self._parsed: dict[str, tuple[bytes, Derivation]] = {}
+        self._split: dict[str, tuple[bytes, Sections]] = {}
+        self._decoded: dict[str, Derivation] = {}
 
     def drv_path(self, path: str) -> StorePath:
-        """Check that ``path`` names a derivation in this store; a relative or ``./`` path to a
-        store file (as a shell glob gives) is accepted too."""
-        absolute = os.path.abspath(path) if not path.startswith(self.store_dir + "/") else path
+        """Check that ``path`` names a derivation in this store; a relative path to a store file
+        (as a shell glob in the store directory gives) is accepted too."""
+        absolute = path if path.startswith(self.store_dir + "/") else os.path.abspath(path)
         store_path = StorePath.parse(absolute, self.store_dir)
         if not store_path.is_derivation:
             raise BadStorePath(f"'{path}' is not a derivation (.drv)")
         return store_path
 
-    def read(self, path: str) -> tuple[bytes, Derivation]:
-        done = self._parsed.get(path)
+    def split(self, path: str) -> tuple[bytes, Sections]:
+        done = self._split.get(path)
         if done is not None:
             return done
-        store_path = self.drv_path(path)
-        path = str(store_path)
+        path = str(self.drv_path(path))
         try:
-            with open(str(store_path), "rb") as f:
+            with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
             raise BadDerivation(f"cannot read derivation '{path}': {e.strerror}") from None
         try:
-            drv = parse(data, store_path.drv_name)
+            sections = split(data)
         except BadDerivation as e:
             raise BadDerivation(f"{path}: {e.args[0]}") from None
-        self._parsed[path] = (data, drv)
+        self._split[path] = (data, sections)
+        return data, sections
+
+    def read(self, path: str) -> tuple[bytes, Derivation]:
+        data, sections = self.split(path)
+        drv = self._decoded.get(path)
+        if drv is None:
+            drv = self._decoded[path] = sections.decode(self.drv_path(path).drv_name)
         return data, drv
 
     def load(self, path: str) -> Derivation:
@@ -64,7 +71,7 @@ class DrvReader:
                 continue
             seen.add(path)
             order.append(path)
-            drv = self.load(path)
-            stack.extend(p for p, _ in drv.input_drvs if p not in seen)
-            stack.extend(p for p in drv.input_srcs if p.endswith(".drv") and p not in seen)
+            sections = self.split(path)[1]
+            stack.extend(p for p, _ in sections.input_drvs if p not in seen)
+            stack.extend(p for p in sections.input_srcs if p.endswith(".drv") and p not in seen)
         return order

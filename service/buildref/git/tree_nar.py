@@ -73,7 +73,7 @@ class Fragment:
 
     def __init__(self, parts: list[bytes | Fragment], archived: bool = True) -> None:
         self.parts = parts
-        self.size = sum(len(p) if isinstance(p, bytes) else p.size for p in parts)
+        self.size: int = sum(len(p) if isinstance(p, bytes) else p.size for p in parts)
         # Whether `git archive` writes this directory at all (see _Frame.attach).
         self.archived = archived
 

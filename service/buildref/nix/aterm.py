@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from buildref.errors import BadDerivation
 from buildref.nix.derivation import Derivation, InputNode, Output
 
 _T = TypeVar("_T")
-_S = rb'[^"\\]*(?:\\.[^"\\]*)*'  # the inside of a quoted string, escapes included
-_STR = rb'"' + _S + rb'"'
-_OUTPUT = rb'\("' + _S + rb'","' + _S + rb'","' + _S + rb'","' + _S + rb'"\)'
-_ENV = rb'\("' + _S + rb'","' + _S + rb'"\)'
+STRING_BODY = rb'[^"\\]*(?:\\.[^"\\]*)*'  # the inside of a quoted string, escapes included
+_STR = rb'"' + STRING_BODY + rb'"'
+_OUTPUT = rb'\("' + STRING_BODY + rb'","' + STRING_BODY + rb'","' + STRING_BODY + rb'","' + STRING_BODY + rb'"\)'
+_ENV = rb'\("' + STRING_BODY + rb'","' + STRING_BODY + rb'"\)'
 _STRLIST = rb"\[(?:" + _STR + rb"(?:," + _STR + rb")*)?\]"
-_INPUT = rb'\("' + _S + rb'",' + _STRLIST + rb"\)"
+_INPUT = rb'\("' + STRING_BODY + rb'",' + _STRLIST + rb"\)"
 
 
 def _list_of(item: bytes) -> re.Pattern[bytes]:
@@ -27,13 +28,14 @@ def _list_of(item: bytes) -> re.Pattern[bytes]:
 
 
 _OUTPUTS_LIST = _list_of(_OUTPUT)
-_INPUTS_LIST = _list_of(_INPUT)
 _ENV_LIST = _list_of(_ENV)
 _STR_LIST = _list_of(_STR)
-_STRING = re.compile(rb'"(' + _S + rb')"', re.DOTALL)
-_OUTPUT_ITEM = re.compile(rb'\("(' + _S + rb')","(' + _S + rb')","(' + _S + rb')","(' + _S + rb')"\)', re.DOTALL)
-_ENV_ITEM = re.compile(rb'\("(' + _S + rb')","(' + _S + rb')"\)', re.DOTALL)
-_INPUT_ITEM = re.compile(rb'\("(' + _S + rb')",\[((?:' + _STR + rb"(?:," + _STR + rb")*)?)\]\)", re.DOTALL)
+_STRING = re.compile(rb'"(' + STRING_BODY + rb')"', re.DOTALL)
+_OUTPUT_ITEM = re.compile(
+    rb'\("(' + STRING_BODY + rb')","(' + STRING_BODY + rb')","(' + STRING_BODY + rb')","(' + STRING_BODY + rb')"\)', re.DOTALL
+)
+_ENV_ITEM = re.compile(rb'\("(' + STRING_BODY + rb')","(' + STRING_BODY + rb')"\)', re.DOTALL)
+_INPUT_ITEM = re.compile(rb'\("(' + STRING_BODY + rb')",\[((?:' + _STR + rb"(?:," + _STR + rb")*)?)\]\)", re.DOTALL)
 _ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
 _UNESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t"}
 
@@ -49,7 +51,7 @@ def _unescape(raw: bytes) -> bytes:
 
 def _ascii(raw: bytes, what: str) -> str:
     try:
-        return _unescape(raw).decode("ascii")
+        return (_unescape(raw) if b"\\" in raw else raw).decode("ascii")
     except UnicodeDecodeError:
         raise BadDerivation(f"{what} is not ASCII: {raw[:80]!r}") from None
 
@@ -64,7 +66,8 @@ class _Reader:
     def fail(self, expected: str) -> BadDerivation:
         if self.pos >= len(self.data):
             return BadDerivation(f"truncated derivation: expected {expected} at end of input")
-        return BadDerivation(f"expected {expected} at byte {self.pos}, found {self.data[self.pos:self.pos + 20]!r}")
+        found = self.data[self.pos:self.pos + 20]
+        return BadDerivation(f"expected {expected} at byte {self.pos}, found {found!r}")
 
     def expect(self, literal: bytes) -> None:
         if not self.data.startswith(literal, self.pos):
@@ -85,9 +88,102 @@ class _Reader:
         return self.data.startswith(literal, self.pos)
 
 
+@dataclass(frozen=True, slots=True)
+class Sections:
+    """A validated derivation whose long parts (builder, args, env) are still the escaped bytes
+    of the file: enough to walk a closure or print JSON without unescaping every string."""
+
+    version: str | None
+    outputs: tuple[Output, ...]
+    input_drvs: tuple[tuple[str, InputNode], ...]
+    input_srcs: tuple[str, ...]
+    system: bytes
+    builder: bytes  # escaped, without the quotes
+    args: bytes  # the inside of the list: "a","b"
+    env: bytes  # the inside of the list: ("k","v"),("k2","v2")
+    # True when the file uses only the escapes Nix writes and has no raw control bytes, so its
+    # escaped strings are exactly what Nix 2.8's JSON writer prints.
+    json_ready: bool = False
+
+    def decode(self, name: str) -> Derivation:
+        return Derivation(
+            name, self.outputs, self.input_drvs, self.input_srcs, self.system, _unescape(self.builder),
+            tuple(_unescape(a) for a in _STRING.findall(self.args)),
+            tuple((_unescape(k), _unescape(v)) for k, v in _ENV_ITEM.findall(self.env)),
+            self.version,
+        )
+
+
 def parse(data: bytes, name: str) -> Derivation:
     """Parse a ``Derive(...)`` or ``DrvWithVersion("xp-dyn-drv", ...)`` term; ``name`` is the
     derivation's name, which Nix takes from the .drv path."""
+    return split(data).decode(name)
+
+
+_WHOLE = re.compile(
+    rb"Derive\(\[((?:" + _OUTPUT + rb"(?:," + _OUTPUT + rb")*)?)\],"
+    rb"\[((?:" + _INPUT + rb"(?:," + _INPUT + rb")*)?)\],"
+    rb"\[((?:" + _STR + rb"(?:," + _STR + rb")*)?)\],"
+    rb'"(' + STRING_BODY + rb')","(' + STRING_BODY + rb')",'
+    rb"\[((?:" + _STR + rb"(?:," + _STR + rb")*)?)\],"
+    rb"\[((?:" + _ENV + rb"(?:," + _ENV + rb")*)?)\]\)",
+    re.DOTALL,
+)
+
+
+def split(data: bytes) -> Sections:
+    """Check the whole term and cut it into its parts (see :class:`Sections`)."""
+    m = _WHOLE.fullmatch(data)
+    if m is None:  # DrvWithVersion, or malformed: the step-by-step reader says where
+        return _split_stepwise(data)
+    outputs, inputs, srcs, system, builder, args, env = m.groups()
+    return Sections(
+        None,
+        _outputs(outputs),
+        tuple((_ascii(path, "input derivation"), _input_outputs(outs))
+              for path, outs in _INPUT_ITEM.findall(inputs)),
+        _strings(srcs, _input_source),
+        _unescape(system),
+        builder,
+        args,
+        env,
+        _json_ready(data),
+    )
+
+
+_CONTROL_BYTES = bytes(range(0x20))
+
+
+def _json_ready(data: bytes) -> bool:
+    if len(data.translate(None, _CONTROL_BYTES)) != len(data):
+        return False
+    if b"\\" not in data:
+        return True
+    rest = data.replace(b"\\\\", b"")  # escaped backslashes; what remains must start \" \n \r \t
+    return rest.count(b"\\") == (rest.count(b'\\"') + rest.count(b"\\n") + rest.count(b"\\r")
+                                + rest.count(b"\\t"))
+
+
+def _input_outputs(body: bytes) -> InputNode:
+    """``"dev","out"`` -> the output names (they cannot hold quotes or escapes)."""
+    try:
+        return InputNode(tuple(body[1:-1].decode("ascii").split('","')) if body else ())
+    except UnicodeDecodeError:
+        raise BadDerivation(f"output name is not ASCII: {body[:80]!r}") from None
+
+
+def _outputs(body: bytes) -> tuple[Output, ...]:
+    outputs = tuple(
+        Output(_ascii(n, "output name"), _ascii(p, "output path"), _ascii(a, "hash algorithm"),
+               _ascii(h, "output hash"))
+        for n, p, a, h in _OUTPUT_ITEM.findall(body)
+    )
+    for output in outputs:
+        output.check()
+    return outputs
+
+
+def _split_stepwise(data: bytes) -> Sections:
     r = _Reader(data)
     version: str | None = None
     if r.peek(b"DrvWithVersion("):
@@ -99,42 +195,31 @@ def parse(data: bytes, name: str) -> Derivation:
     else:
         r.expect(b"Derive(")
 
-    body = r.match(_OUTPUTS_LIST, "a list of outputs").group(1)
-    outputs = tuple(
-        Output(_ascii(n, "output name"), _ascii(p, "output path"), _ascii(a, "hash algorithm"),
-               _ascii(h, "output hash"))
-        for n, p, a, h in _OUTPUT_ITEM.findall(body)
-    )
-    for output in outputs:
-        output.check()
+    outputs = _outputs(r.match(_OUTPUTS_LIST, "a list of outputs").group(1))
     r.expect(b",")
-
-    input_drvs: tuple[tuple[str, InputNode], ...]
-    m = _INPUTS_LIST.match(data, r.pos)
-    if m is not None:
-        r.pos = m.end()
-        input_drvs = tuple(
-            (_ascii(path, "input derivation"), InputNode(_strings(outs, lambda s: _ascii(s, "output name"))))
-            for path, outs in _INPUT_ITEM.findall(m.group(1))
-        )
-    else:
-        input_drvs = _dynamic_inputs(r)
+    input_drvs = _dynamic_inputs(r)
     r.expect(b",")
-    input_srcs = _strings(r.match(_STR_LIST, "a list of input sources").group(1),
-                          lambda s: _ascii(s, "input source"))
+    input_srcs = _strings(r.match(_STR_LIST, "a list of input sources").group(1), _input_source)
     r.expect(b",")
     system = r.string()
     r.expect(b",")
-    builder = r.string()
+    builder = r.match(_STRING, "the builder").group(1)
     r.expect(b",")
-    args = _strings(r.match(_STR_LIST, "a list of arguments").group(1), _unescape)
+    args = r.match(_STR_LIST, "a list of arguments").group(1)
     r.expect(b",")
-    env_body = r.match(_ENV_LIST, "an environment list").group(1)
-    env = tuple((_unescape(k), _unescape(v)) for k, v in _ENV_ITEM.findall(env_body))
+    env = r.match(_ENV_LIST, "an environment list").group(1)
     r.expect(b")")
     if r.pos != len(data):
         raise BadDerivation(f"unexpected data after the derivation at byte {r.pos}")
-    return Derivation(name, outputs, input_drvs, input_srcs, system, builder, args, env, version)
+    return Sections(version, outputs, input_drvs, input_srcs, system, builder, args, env)
+
+
+def _output_name(raw: bytes) -> str:
+    return _ascii(raw, "output name")
+
+
+def _input_source(raw: bytes) -> str:
+    return _ascii(raw, "input source")
 
 
 def _strings(body: bytes, convert: Callable[[bytes], _T]) -> tuple[_T, ...]:
@@ -160,7 +245,7 @@ def _dynamic_inputs(r: _Reader) -> tuple[tuple[str, InputNode], ...]:
 def _input_node(r: _Reader) -> InputNode:
     if not r.peek(b"("):
         outs = r.match(_STR_LIST, "a list of output names").group(1)
-        return InputNode(_strings(outs, lambda s: _ascii(s, "output name")))
+        return InputNode(_strings(outs, _output_name))
     r.expect(b"(")
     outs = r.match(_STR_LIST, "a list of output names").group(1)
     r.expect(b",[")
@@ -174,7 +259,7 @@ def _input_node(r: _Reader) -> InputNode:
         children.append((name, _input_node(r)))
         r.expect(b")")
     r.expect(b"])")
-    return InputNode(_strings(outs, lambda s: _ascii(s, "output name")), tuple(children))
+    return InputNode(_strings(outs, _output_name), tuple(children))
 
 
 # Printing ---------------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ class Output:
 
     def check(self) -> None:
         """Reject combinations Nix never writes."""
+        if not self.hash_algo and not self.hash:
+            return  # input-addressed or deferred: nothing more to check
         kind = self.kind
         if kind in (OutputKind.FLOATING, OutputKind.IMPURE) and self.path:
             raise BadDerivation(f"output '{self.name}' is {kind.value} but has a path")

@@ -164,10 +164,10 @@ def verify(path: str, data: bytes, drv: Derivation, hasher: DrvHasher) -> list[M
     for output in drv.outputs:
         computed = expected[output.name]
         kind = output.kind
-        if kind in (OutputKind.INPUT_ADDRESSED, OutputKind.FIXED, OutputKind.DEFERRED):
-            if (computed or "") != output.path:
-                what = f"output '{output.name}' path"
-                found.append(Mismatch(path, what, output.path or "(deferred)", computed or "(deferred)"))
+        recorded_kinds = (OutputKind.INPUT_ADDRESSED, OutputKind.FIXED, OutputKind.DEFERRED)
+        if kind in recorded_kinds and (computed or "") != output.path:
+            what = f"output '{output.name}' path"
+            found.append(Mismatch(path, what, output.path or "(deferred)", computed or "(deferred)"))
         env_value = drv.env_get(output.name.encode())
         if env_value is not None:
             # Nix 2.8 leaves a deferred output's variable empty and puts a placeholder in for

@@ -118,10 +118,8 @@ class FlakeLock:
             ref = node.inputs.get(name)
             if ref is None:
                 raise BadLockFile(f"follows path '{'/'.join(path)}' names no input '{name}'")
-            if isinstance(ref, str):
-                node = self._node(ref)
-            else:
-                node = self._follow(ref, (*seen, path[: depth + 1]))
+            follows = (*seen, path[: depth + 1])
+            node = self._node(ref) if isinstance(ref, str) else self._follow(ref, follows)
         return node
 
     def inputs(self) -> Iterator[LockedInput]:

@@ -8,11 +8,18 @@ output is bytes, not text.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from itertools import pairwise
+from typing import assert_never
 
+from buildref.nix.aterm import STRING_BODY, Sections
 from buildref.nix.derivation import Derivation, OutputKind
-from buildref.nix.drvhash import fixed_path
-from buildref.nix.storepath import DEFAULT_STORE_DIR
+from buildref.nix.storepath import (
+    DEFAULT_STORE_DIR,
+    HASH_PART_LEN,
+    fixed_output_path,
+    output_path_name,
+)
 
 _NEEDS_ESCAPE = re.compile(rb'[\x00-\x1f"\\]')
 _ESCAPES = {b'"': b'\\"', b"\\": b"\\\\", b"\n": b"\\n", b"\r": b"\\r", b"\t": b"\\t"}
@@ -30,6 +37,9 @@ def json_string(value: bytes) -> bytes:
 
 
 def _s(value: str) -> bytes:
+    """Store paths, output names and hashes: plain text, so string methods beat a regex search."""
+    if value.isprintable() and '"' not in value and "\\" not in value:
+        return b'"' + value.encode() + b'"'
     return json_string(value.encode())
 
 
@@ -50,47 +60,93 @@ def _list(indent: int, items: Iterable[bytes]) -> bytes:
     return b"[" + b",".join(pad + item for item in rendered) + b"\n" + b"  " * indent + b"]"
 
 
-def _drv_object(drv: Derivation, indent: int, store_dir: str) -> bytes:
+# Nix writes ATerm strings with exactly the escapes its 2.8 JSON writer uses (\" \\ \n \r \t) and
+# copies other bytes raw, so in a file with no other escapes and no raw control bytes
+# (``Sections.json_ready``) the escaped strings are already JSON: env and args need no unescaping and
+# re-escaping string by string. Other files take the general path: decode, then escape each string.
+_ITEM = re.compile(rb'"(' + STRING_BODY + rb')"', re.DOTALL)
+_PAIR = re.compile(rb'\("(' + STRING_BODY + rb')","(' + STRING_BODY + rb')"\)', re.DOTALL)
+
+
+def _env(sections: Sections, drv: Callable[[], Derivation], indent: int) -> bytes:
+    if not sections.env:
+        return b"{}"
+    if sections.json_ready:
+        pairs = _PAIR.findall(sections.env)
+        if all(a[0] < b[0] for a, b in pairwise(pairs)) and not any(b"\\" in k for k, _ in pairs):
+            pad = b"\n" + b"  " * (indent + 1)
+            body = (b'",' + pad + b'"').join([k + b'": "' + v for k, v in pairs])
+            return b"{" + pad + b'"' + body + b'"\n' + b"  " * indent + b"}"
+    env = dict(drv().env)  # as Nix's std::map: sorted, last duplicate wins
+    return _object(indent, [(json_string(k), json_string(v)) for k, v in sorted(env.items())])
+
+
+def _args(sections: Sections, drv: Callable[[], Derivation], indent: int) -> bytes:
+    if not sections.args:
+        return b"[]"
+    if not sections.json_ready:
+        return _list(indent, (json_string(a) for a in drv().args))
+    pad = b"\n" + b"  " * (indent + 1)
+    body = (b'",' + pad + b'"').join(_ITEM.findall(sections.args))
+    return b"[" + pad + b'"' + body + b'"\n' + b"  " * indent + b"]"
+
+
+def _builder(sections: Sections, drv: Callable[[], Derivation]) -> bytes:
+    return b'"' + sections.builder + b'"' if sections.json_ready else json_string(drv().builder)
+
+
+def _drv_object(name: str, sections: Sections, indent: int, store_dir: str) -> bytes:
+    decoded: list[Derivation] = []
+
+    def drv() -> Derivation:
+        if not decoded:
+            decoded.append(sections.decode(name))
+        return decoded[0]
+
     outputs = []
-    for o in drv.outputs:
+    for o in sorted(sections.outputs, key=lambda o: o.name):
         fields: list[tuple[bytes, bytes]]
         match o.kind:
             case OutputKind.INPUT_ADDRESSED:
                 fields = [(b'"path"', _s(o.path))]
             case OutputKind.FIXED:
-                fields = [
-                    (b'"path"', _s(fixed_path(drv, o, store_dir))),
-                    (b'"hashAlgo"', _s(o.hash_algo)),
-                    (b'"hash"', _s(o.fixed_hash.hex)),
-                ]
+                path = fixed_output_path(o.method, o.fixed_hash, output_path_name(name, o.name),
+                                         store_dir=store_dir)
+                fields = [(b'"path"', _s(path)), (b'"hashAlgo"', _s(o.hash_algo)),
+                          (b'"hash"', _s(o.fixed_hash.hex))]
             case OutputKind.FLOATING:
                 fields = [(b'"hashAlgo"', _s(o.hash_algo))]
             case OutputKind.DEFERRED:
                 fields = []
             case OutputKind.IMPURE:
                 fields = [(b'"hashAlgo"', _s(o.hash_algo)), (b'"impure"', b"true")]
+            case _:
+                assert_never(o.kind)
         outputs.append((_s(o.name), _object(indent + 2, fields)))
     inner = indent + 1
+    input_drvs = [
+        (_s(p), _list(inner + 1, (_s(out) for out in sorted(set(node.outputs)))))
+        for p, node in sorted(sections.input_drvs)
+    ]
     members = [
         (b'"outputs"', _object(inner, outputs)),
-        (b'"inputSrcs"', _list(inner, (_s(p) for p in drv.input_srcs))),
-        (
-            b'"inputDrvs"',
-            _object(
-                inner,
-                [(_s(p), _list(inner + 1, (_s(o) for o in node.outputs))) for p, node in drv.input_drvs],
-            ),
-        ),
-        (b'"system"', json_string(drv.system)),
-        (b'"builder"', json_string(drv.builder)),
-        (b'"args"', _list(inner, (json_string(a) for a in drv.args))),
-        (b'"env"', _object(inner, [(json_string(k), json_string(v)) for k, v in drv.env])),
+        (b'"inputSrcs"', _list(inner, (_s(p) for p in sorted(set(sections.input_srcs))))),
+        (b'"inputDrvs"', _object(inner, input_drvs)),
+        (b'"system"', json_string(sections.system)),
+        (b'"builder"', _builder(sections, drv)),
+        (b'"args"', _args(sections, drv, inner)),
+        (b'"env"', _env(sections, drv, inner)),
     ]
     return _object(indent, members)
 
 
-def show_derivations(drvs: Iterable[tuple[str, Derivation]], store_dir: str = DEFAULT_STORE_DIR) -> bytes:
-    """The whole ``nix show-derivation`` output for ``(drv path, derivation)`` pairs, ordered as Nix
+def show_derivations(drvs: Iterable[tuple[str, Sections]], store_dir: str = DEFAULT_STORE_DIR) -> bytes:
+    """The whole ``nix show-derivation`` output for ``(drv path, split drv)`` pairs, ordered as Nix
     orders a set of store paths (by base name)."""
-    ordered = sorted(drvs, key=lambda item: item[0].rsplit("/", 1)[-1])
-    return _object(0, [(_s(path), _drv_object(drv, 1, store_dir)) for path, drv in ordered]) + b"\n"
+    by_base = {path.rsplit("/", 1)[-1]: (path, sections) for path, sections in drvs}
+    members = []
+    for base in sorted(by_base):
+        path, sections = by_base[base]
+        name = base[HASH_PART_LEN + 1:].removesuffix(".drv")
+        members.append((_s(path), _drv_object(name, sections, 1, store_dir)))
+    return _object(0, members) + b"\n"

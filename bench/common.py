@@ -1,0 +1,53 @@
+"""What the benchmarks share: the isolated Nix configuration and a timer over whole commands."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+NIX_CONFIG = "\n".join([
+    "sandbox = false",
+    "substituters =",
+    "build-users-group =",
+    "experimental-features = nix-command flakes",
+])
+
+
+def nix_env(home: Path) -> dict[str, str]:
+    return {**os.environ, "NIX_CONFIG": NIX_CONFIG, "HOME": str(home),
+            "XDG_CACHE_HOME": str(home / "cache"), "NIX_REMOTE": ""}
+
+
+def buildref_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "buildref", *args]
+
+
+def run(argv: Sequence[str], env: dict[str, str] | None = None) -> bytes:
+    proc = subprocess.run(argv, env=env, capture_output=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(argv)} failed:\n{proc.stderr.decode(errors='replace')}")
+    return proc.stdout
+
+
+def timed(argv: Sequence[str], env: dict[str, str] | None = None,
+          before: Callable[[], None] | None = None, repeat: int = 5) -> tuple[float, bytes]:
+    """Median wall time of ``argv`` over ``repeat`` runs (``before`` runs untimed before each)."""
+    times = []
+    out = b""
+    for _ in range(repeat):
+        if before is not None:
+            before()
+        start = time.perf_counter()
+        out = run(argv, env)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def report(label: str, ours: float, reference: float, reference_name: str) -> None:
+    print(f"{label:<42} buildref {ours * 1000:8.1f} ms   {reference_name} {reference * 1000:8.1f} ms"
+          f"   ratio {ours / reference:5.2f}")
