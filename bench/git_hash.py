@@ -25,7 +25,7 @@ from common import buildref_argv, nix_env, report, run, timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "service"))
 
-from buildref.git.source import GitRepository  # noqa: E402
+from buildref.git.source import GitRepository
 
 
 def make_repo(path: Path, files: int, seed: int) -> str:

@@ -100,12 +100,11 @@ def _hash_path(args: argparse.Namespace, store_dir: str) -> int:
 
 
 def cmd_drv_show(args: argparse.Namespace) -> int:
+    from buildref.drvshow import show
     from buildref.localstore import DrvReader, default_store_dir
-    from buildref.nix.showjson import show_derivations
 
     reader = DrvReader(args.store_dir or default_store_dir())
-    paths = reader.closure(args.drvs) if args.recursive else [str(reader.drv_path(p)) for p in args.drvs]
-    sys.stdout.buffer.write(show_derivations(((p, reader.split(p)[1]) for p in paths), reader.store_dir))
+    sys.stdout.buffer.write(show(reader, args.drvs, args.recursive))
     return 0
 
 

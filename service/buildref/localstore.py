@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable
 
 from buildref.errors import BadDerivation, BadStorePath
-from buildref.nix.aterm import Sections, split
+from buildref.nix.aterm import Sections, references, split
 from buildref.nix.derivation import Derivation
 from buildref.nix.storepath import DEFAULT_STORE_DIR, StorePath
 
@@ -20,34 +20,40 @@ class DrvReader:
 
     def __init__(self, store_dir: str = DEFAULT_STORE_DIR) -> None:
         self.store_dir = store_dir
-        self._split: dict[str, tuple[bytes, Sections]] = {}
+        self._prefix = store_dir + "/"
+        self._data: dict[str, bytes] = {}
+        self._split: dict[str, Sections] = {}
         self._decoded: dict[str, Derivation] = {}
 
     def drv_path(self, path: str) -> StorePath:
         """Check that ``path`` names a derivation in this store; a relative path to a store file
         (as a shell glob in the store directory gives) is accepted too."""
-        absolute = path if path.startswith(self.store_dir + "/") else os.path.abspath(path)
+        absolute = path if path.startswith(self._prefix) else os.path.abspath(path)
         store_path = StorePath.parse(absolute, self.store_dir)
         if not store_path.is_derivation:
             raise BadStorePath(f"'{path}' is not a derivation (.drv)")
         return store_path
 
+    def data(self, path: str) -> bytes:
+        """The bytes of a .drv file named by a checked store path (see :meth:`drv_path`)."""
+        data = self._data.get(path)
+        if data is None:
+            try:
+                with open(path, "rb") as f:
+                    data = self._data[path] = f.read()
+            except OSError as e:
+                raise BadDerivation(f"cannot read derivation '{path}': {e.strerror}") from None
+        return data
+
     def split(self, path: str) -> tuple[bytes, Sections]:
-        done = self._split.get(path)
-        if done is not None:
-            return done
-        path = str(self.drv_path(path))
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise BadDerivation(f"cannot read derivation '{path}': {e.strerror}") from None
-        try:
-            sections = split(data)
-        except BadDerivation as e:
-            raise BadDerivation(f"{path}: {e.args[0]}") from None
-        self._split[path] = (data, sections)
-        return data, sections
+        sections = self._split.get(path)
+        if sections is None:
+            path = str(self.drv_path(path))
+            try:
+                sections = self._split[path] = split(self.data(path))
+            except BadDerivation as e:
+                raise BadDerivation(f"{path}: {e.args[0]}") from None
+        return self._data[path], sections
 
     def read(self, path: str) -> tuple[bytes, Derivation]:
         data, sections = self.split(path)
@@ -59,9 +65,17 @@ class DrvReader:
     def load(self, path: str) -> Derivation:
         return self.read(path)[1]
 
+    def _inner(self, path: str, referrer: str) -> str:
+        """A path named inside a .drv: cheaply checked to stay a file directly in the store."""
+        rest = path[len(self._prefix):]
+        if not path.startswith(self._prefix) or "/" in rest or rest in ("", ".", ".."):
+            raise BadDerivation(f"{referrer}: input '{path}' is not in the store {self.store_dir}")
+        return path
+
     def closure(self, roots: Iterable[str]) -> list[str]:
         """The derivations ``roots`` depend on, roots included: input derivations, and input
-        sources that are themselves .drv files (``drvPath`` in a string)."""
+        sources that are themselves .drv files (``drvPath`` in a string). Reads only the head of
+        each file; splitting or parsing a derivation checks the rest."""
         seen: set[str] = set()
         order: list[str] = []
         stack = [str(self.drv_path(r)) for r in roots]
@@ -71,7 +85,10 @@ class DrvReader:
                 continue
             seen.add(path)
             order.append(path)
-            sections = self.split(path)[1]
-            stack.extend(p for p, _ in sections.input_drvs if p not in seen)
-            stack.extend(p for p in sections.input_srcs if p.endswith(".drv") and p not in seen)
+            try:
+                drvs, srcs = references(self.data(path))
+            except BadDerivation as e:
+                raise BadDerivation(f"{path}: {e.args[0]}") from None
+            stack.extend(self._inner(p, path) for p in drvs if p not in seen)
+            stack.extend(self._inner(p, path) for p in srcs if p.endswith(".drv") and p not in seen)
         return order

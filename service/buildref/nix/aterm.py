@@ -17,25 +17,33 @@ from buildref.nix.derivation import Derivation, InputNode, Output
 _T = TypeVar("_T")
 STRING_BODY = rb'[^"\\]*(?:\\.[^"\\]*)*'  # the inside of a quoted string, escapes included
 _STR = rb'"' + STRING_BODY + rb'"'
-_OUTPUT = rb'\("' + STRING_BODY + rb'","' + STRING_BODY + rb'","' + STRING_BODY + rb'","' + STRING_BODY + rb'"\)'
-_ENV = rb'\("' + STRING_BODY + rb'","' + STRING_BODY + rb'"\)'
-_STRLIST = rb"\[(?:" + _STR + rb"(?:," + _STR + rb")*)?\]"
-_INPUT = rb'\("' + STRING_BODY + rb'",' + _STRLIST + rb"\)"
+_CAPTURED = rb'"(' + STRING_BODY + rb')"'
 
 
-def _list_of(item: bytes) -> re.Pattern[bytes]:
-    return re.compile(rb"\[((?:" + item + rb"(?:," + item + rb")*)?)\]", re.DOTALL)
+def _seq(item: bytes) -> bytes:
+    """Zero or more comma-separated ``item``s."""
+    return rb"(?:" + item + rb"(?:," + item + rb")*)?"
 
 
-_OUTPUTS_LIST = _list_of(_OUTPUT)
-_ENV_LIST = _list_of(_ENV)
-_STR_LIST = _list_of(_STR)
-_STRING = re.compile(rb'"(' + STRING_BODY + rb')"', re.DOTALL)
-_OUTPUT_ITEM = re.compile(
-    rb'\("(' + STRING_BODY + rb')","(' + STRING_BODY + rb')","(' + STRING_BODY + rb')","(' + STRING_BODY + rb')"\)', re.DOTALL
-)
-_ENV_ITEM = re.compile(rb'\("(' + STRING_BODY + rb')","(' + STRING_BODY + rb')"\)', re.DOTALL)
-_INPUT_ITEM = re.compile(rb'\("(' + STRING_BODY + rb')",\[((?:' + _STR + rb"(?:," + _STR + rb")*)?)\]\)", re.DOTALL)
+def _tuple(*fields: bytes) -> bytes:
+    return rb"\(" + b",".join(fields) + rb"\)"
+
+
+def _list(item: bytes) -> bytes:
+    """A list whose inside is captured."""
+    return rb"\[(" + _seq(item) + rb")\]"
+
+
+_OUTPUT = _tuple(_STR, _STR, _STR, _STR)
+_ENV = _tuple(_STR, _STR)
+_INPUT = _tuple(_STR, rb"\[" + _seq(_STR) + rb"\]")
+_OUTPUTS_LIST = re.compile(_list(_OUTPUT), re.DOTALL)
+_ENV_LIST = re.compile(_list(_ENV), re.DOTALL)
+_STR_LIST = re.compile(_list(_STR), re.DOTALL)
+_STRING = re.compile(_CAPTURED, re.DOTALL)
+_OUTPUT_ITEM = re.compile(_tuple(_CAPTURED, _CAPTURED, _CAPTURED, _CAPTURED), re.DOTALL)
+_ENV_ITEM = re.compile(_tuple(_CAPTURED, _CAPTURED), re.DOTALL)
+_INPUT_ITEM = re.compile(_tuple(_CAPTURED, _list(_STR)), re.DOTALL)
 _ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
 _UNESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t"}
 
@@ -121,14 +129,24 @@ def parse(data: bytes, name: str) -> Derivation:
 
 
 _WHOLE = re.compile(
-    rb"Derive\(\[((?:" + _OUTPUT + rb"(?:," + _OUTPUT + rb")*)?)\],"
-    rb"\[((?:" + _INPUT + rb"(?:," + _INPUT + rb")*)?)\],"
-    rb"\[((?:" + _STR + rb"(?:," + _STR + rb")*)?)\],"
-    rb'"(' + STRING_BODY + rb')","(' + STRING_BODY + rb')",'
-    rb"\[((?:" + _STR + rb"(?:," + _STR + rb")*)?)\],"
-    rb"\[((?:" + _ENV + rb"(?:," + _ENV + rb")*)?)\]\)",
+    b"Derive\\(" + b",".join([_list(_OUTPUT), _list(_INPUT), _list(_STR), _CAPTURED, _CAPTURED,
+                             _list(_STR), _list(_ENV)]) + rb"\)",
     re.DOTALL,
 )
+_HEAD = re.compile(b"Derive\\(\\[" + _seq(_OUTPUT) + b"\\]," + _list(_INPUT) + b"," + _list(_STR) + b",",
+                   re.DOTALL)
+
+
+def references(data: bytes) -> tuple[list[str], list[str]]:
+    """The input derivations and input sources of a derivation, read from the head of the file
+    only: enough to walk a closure. The rest is checked when the derivation is split or parsed."""
+    m = _HEAD.match(data)
+    if m is None:  # DrvWithVersion, or malformed (split says where)
+        sections = split(data)
+        return [p for p, _ in sections.input_drvs], list(sections.input_srcs)
+    inputs, srcs = m.groups()
+    return ([_ascii(path, "input derivation") for path, _ in _INPUT_ITEM.findall(inputs)],
+            [_ascii(src, "input source") for src in _STRING.findall(srcs)])
 
 
 def split(data: bytes) -> Sections:
@@ -154,14 +172,14 @@ def split(data: bytes) -> Sections:
 _CONTROL_BYTES = bytes(range(0x20))
 
 
+_ODD_ESCAPE = re.compile(rb'\\[^"\\nrt]')
+
+
 def _json_ready(data: bytes) -> bool:
     if len(data.translate(None, _CONTROL_BYTES)) != len(data):
         return False
-    if b"\\" not in data:
-        return True
-    rest = data.replace(b"\\\\", b"")  # escaped backslashes; what remains must start \" \n \r \t
-    return rest.count(b"\\") == (rest.count(b'\\"') + rest.count(b"\\n") + rest.count(b"\\r")
-                                + rest.count(b"\\t"))
+    # With escaped backslashes removed, every backslash left must start \" \n \r or \t.
+    return b"\\" not in data or _ODD_ESCAPE.search(data.replace(b"\\\\", b"")) is None
 
 
 def _input_outputs(body: bytes) -> InputNode:

@@ -140,13 +140,25 @@ def _drv_object(name: str, sections: Sections, indent: int, store_dir: str) -> b
     return _object(indent, members)
 
 
+def show_member(path: str, sections: Sections, store_dir: str = DEFAULT_STORE_DIR) -> bytes:
+    """One derivation's entry in the top-level object (``"<path>": {...}``), indented as Nix does."""
+    name = path.rsplit("/", 1)[-1][HASH_PART_LEN + 1:].removesuffix(".drv")
+    return b"\n  " + _s(path) + b": " + _drv_object(name, sections, 1, store_dir)
+
+
+def show_document(members: Iterable[bytes]) -> bytes:
+    """Wrap rendered members (already in Nix's order, see :func:`show_order`) in the top object."""
+    body = b",".join(members)
+    return (b"{" + body + b"\n}\n") if body else b"{}\n"
+
+
+def show_order(paths: Iterable[str]) -> list[str]:
+    """Nix prints a set of store paths, ordered by base name; repeats collapse."""
+    by_base = {path.rsplit("/", 1)[-1]: path for path in paths}
+    return [by_base[base] for base in sorted(by_base)]
+
+
 def show_derivations(drvs: Iterable[tuple[str, Sections]], store_dir: str = DEFAULT_STORE_DIR) -> bytes:
-    """The whole ``nix show-derivation`` output for ``(drv path, split drv)`` pairs, ordered as Nix
-    orders a set of store paths (by base name)."""
-    by_base = {path.rsplit("/", 1)[-1]: (path, sections) for path, sections in drvs}
-    members = []
-    for base in sorted(by_base):
-        path, sections = by_base[base]
-        name = base[HASH_PART_LEN + 1:].removesuffix(".drv")
-        members.append((_s(path), _drv_object(name, sections, 1, store_dir)))
-    return _object(0, members) + b"\n"
+    """The whole ``nix show-derivation`` output for ``(drv path, split drv)`` pairs."""
+    table = dict(drvs)
+    return show_document(show_member(p, table[p], store_dir) for p in show_order(table))
