@@ -1,0 +1,24 @@
+# Sourced by tests/run.sh and examples/demo.sh: makes a fresh Debian machine (as root) ready for
+# buildref — git, a real Nix from Debian's nix-bin, a virtualenv with buildref and its test tools —
+# and exports ROOT, PATH and an isolated NIX_CONFIG (no sandbox, no substituters, nothing from /etc).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+missing=()
+command -v git >/dev/null 2>&1 || missing+=(git)
+command -v nix-instantiate >/dev/null 2>&1 || missing+=(nix-bin)
+[ -x /usr/bin/python3 ] || missing+=(python3)
+/usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${missing[*]} from Debian" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+VENV="${BUILDREF_VENV:-$ROOT/.venv}"
+[ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"
+export PATH="$VENV/bin:$PATH"
+export NIX_REMOTE=""
+export NIX_CONFIG=$'sandbox = false\nsubstituters =\nbuild-users-group =\nexperimental-features = nix-command flakes ca-derivations impure-derivations\nwarn-dirty = false'
