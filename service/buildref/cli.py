@@ -46,6 +46,15 @@ def _print_json(value: object) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
+def _print_result(args: argparse.Namespace, result: SourceJson | PathJson) -> None:
+    """One JSON object with --json, else one ``key<TAB>value`` line per field."""
+    if args.json:
+        _print_json(result)
+    else:
+        for key, value in result.items():
+            print(f"{key}\t{value}")
+
+
 def cmd_hash(args: argparse.Namespace) -> int:
     from buildref.localstore import default_store_dir
 
@@ -68,11 +77,7 @@ def cmd_hash(args: argparse.Namespace) -> int:
         "narSize": info.nar_size,
         "rule": info.rule.value,
     }
-    if args.json:
-        _print_json(result)
-    else:
-        for key, value in result.items():
-            print(f"{key}\t{value}")
+    _print_result(args, result)
     return 0
 
 
@@ -91,11 +96,7 @@ def _hash_path(args: argparse.Namespace, store_dir: str) -> int:
         "storePath": source_path(info.nar_hash, name, store_dir=store_dir),
         "narSize": info.nar_size,
     }
-    if args.json:
-        _print_json(result)
-    else:
-        for key, value in result.items():
-            print(f"{key}\t{value}")
+    _print_result(args, result)
     return 0
 
 

@@ -103,6 +103,14 @@ def _rule(base: bytes, pattern: bytes, state: State) -> Rule:
     return Rule(base, pattern, regex, basename_only, directory_only, state)
 
 
+_POSIX_CLASSES = {
+    b"alnum": b"a-zA-Z0-9", b"alpha": b"a-zA-Z", b"blank": b" \\t", b"cntrl": b"\\x00-\\x1f\\x7f",
+    b"digit": b"0-9", b"graph": b"\\x21-\\x7e", b"lower": b"a-z", b"print": b"\\x20-\\x7e",
+    b"punct": b"!-/:-@\\[-`{-~", b"space": b" \\t\\n\\r\\v\\f", b"upper": b"A-Z",
+    b"xdigit": b"0-9a-fA-F",
+}
+
+
 def wildmatch_regex(pattern: bytes, pathname: bool) -> bytes:
     """Translate git's wildmatch pattern to a regular expression. With ``pathname`` (WM_PATHNAME)
     ``*``, ``?`` and ``[...]`` stop at ``/`` and ``**`` between slashes spans directories."""
@@ -162,17 +170,20 @@ def _char_class(pattern: bytes, start: int, pathname: bool) -> tuple[int | None,
             if negate:
                 return i + 1, b"[^" + body + (b"/" if pathname else b"") + b"]"
             return i + 1, b"[" + body + b"]"
-        if c == b"[" and pattern[i:i + 2] == b"[:":
+        if pattern[i:i + 2] == b"[:":
             close = pattern.find(b":]", i + 2)
             if close != -1:
-                members += pattern[i:close + 2]  # POSIX classes: keep literal, rarely used
+                posix = _POSIX_CLASSES.get(pattern[i + 2:close])
+                if posix is None:
+                    return None, b""  # an unknown class: the "[" is then taken literally
+                members += posix
                 i = close + 2
                 first = False
                 continue
         if c == b"\\" and i + 1 < len(pattern):
             members += b"\\" + pattern[i + 1:i + 2]
             i += 2
-        elif c in (b"\\", b"^", b"]"):
+        elif c in (b"\\", b"^", b"]", b"["):
             members += b"\\" + c
             i += 1
         else:

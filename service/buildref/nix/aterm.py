@@ -246,15 +246,20 @@ def _strings(body: bytes, convert: Callable[[bytes], _T]) -> tuple[_T, ...]:
 
 def _dynamic_inputs(r: _Reader) -> tuple[tuple[str, InputNode], ...]:
     """The general input list, with nested output maps (``DrvWithVersion``)."""
+    return _node_map(r, "an input derivation path")
+
+
+def _node_map(r: _Reader, key: str) -> tuple[tuple[str, InputNode], ...]:
+    """``[("<key>",<node>),...]``: input derivations, or the outputs of a dynamic derivation."""
     r.expect(b"[")
     items: list[tuple[str, InputNode]] = []
     while not r.peek(b"]"):
         if items:
             r.expect(b",")
         r.expect(b"(")
-        path = _ascii(r.match(_STRING, "an input derivation path").group(1), "input derivation")
+        name = _ascii(r.match(_STRING, key).group(1), key)
         r.expect(b",")
-        items.append((path, _input_node(r)))
+        items.append((name, _input_node(r)))
         r.expect(b")")
     r.expect(b"]")
     return tuple(items)
@@ -262,22 +267,13 @@ def _dynamic_inputs(r: _Reader) -> tuple[tuple[str, InputNode], ...]:
 
 def _input_node(r: _Reader) -> InputNode:
     if not r.peek(b"("):
-        outs = r.match(_STR_LIST, "a list of output names").group(1)
-        return InputNode(_strings(outs, _output_name))
+        return InputNode(_strings(r.match(_STR_LIST, "a list of output names").group(1), _output_name))
     r.expect(b"(")
     outs = r.match(_STR_LIST, "a list of output names").group(1)
-    r.expect(b",[")
-    children: list[tuple[str, InputNode]] = []
-    while not r.peek(b"]"):
-        if children:
-            r.expect(b",")
-        r.expect(b"(")
-        name = _ascii(r.match(_STRING, "an output name").group(1), "output name")
-        r.expect(b",")
-        children.append((name, _input_node(r)))
-        r.expect(b")")
-    r.expect(b"])")
-    return InputNode(_strings(outs, _output_name), tuple(children))
+    r.expect(b",")
+    children = _node_map(r, "an output name")
+    r.expect(b")")
+    return InputNode(_strings(outs, _output_name), children)
 
 
 # Printing ---------------------------------------------------------------------------------------
