@@ -97,7 +97,9 @@ class TreeNarCache:
     ``max_bytes`` of serialised data; past that the memo starts over."""
 
     def __init__(self, repo: Any, max_bytes: int = 512 << 20) -> None:
-        self._repo = repo
+        import pygit2
+
+        self._oid = pygit2.Oid
         self._odb = repo.odb
         self.max_bytes = max_bytes
         self._memo: dict[_MemoKey, Fragment] = {}
@@ -105,10 +107,8 @@ class TreeNarCache:
         self.trees_read = 0  # how many tree objects were serialised (not taken from the memo)
 
     def _read(self, oid: bytes, want: int) -> bytes:
-        import pygit2
-
         try:
-            kind, data = self._odb.read(pygit2.Oid(raw=oid))
+            kind, data = self._odb.read(self._oid(raw=oid))
         except (KeyError, ValueError) as e:
             raise GitError(f"git object {oid.hex()} is missing: {e}") from None
         if kind != want:

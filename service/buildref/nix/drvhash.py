@@ -46,9 +46,10 @@ def drv_path(data: bytes, drv: Derivation, store_dir: str = DEFAULT_STORE_DIR) -
     return text_path(data, drv.name + ".drv", drv.references, store_dir)
 
 
-def fixed_path(drv: Derivation, output: Output, store_dir: str = DEFAULT_STORE_DIR) -> str:
+def fixed_path(drv_name: str, output: Output, store_dir: str = DEFAULT_STORE_DIR) -> str:
+    """The path of a fixed output, from its declared hash (what Nix prints, whatever is written)."""
     return fixed_output_path(
-        output.method, output.fixed_hash, output_path_name(drv.name, output.name), store_dir=store_dir
+        output.method, output.fixed_hash, output_path_name(drv_name, output.name), store_dir=store_dir
     )
 
 
@@ -65,7 +66,7 @@ class DrvHasher:
             hashes = {
                 o.name: Hash.of(
                     HashAlgo.SHA256,
-                    f"fixed:out:{o.hash_algo}:{o.hash}:{fixed_path(drv, o, self.store_dir)}".encode(),
+                    f"fixed:out:{o.hash_algo}:{o.hash}:{fixed_path(drv.name, o, self.store_dir)}".encode(),
                 )
                 for o in drv.outputs
             }
@@ -131,7 +132,7 @@ class DrvHasher:
     def output_paths(self, drv: Derivation) -> dict[str, str | None]:
         """The path each output should have; ``None`` where Nix cannot know it before a build."""
         if drv.is_fixed_output:
-            return {o.name: fixed_path(drv, o, self.store_dir) for o in drv.outputs}
+            return {o.name: fixed_path(drv.name, o, self.store_dir) for o in drv.outputs}
         if drv.is_floating or drv.is_impure:
             return {o.name: None for o in drv.outputs}
         result = self.modulo(drv, mask_outputs=True)

@@ -14,12 +14,8 @@ from typing import assert_never
 
 from buildref.nix.aterm import STRING_BODY, Sections
 from buildref.nix.derivation import Derivation, OutputKind
-from buildref.nix.storepath import (
-    DEFAULT_STORE_DIR,
-    HASH_PART_LEN,
-    fixed_output_path,
-    output_path_name,
-)
+from buildref.nix.drvhash import fixed_path
+from buildref.nix.storepath import DEFAULT_STORE_DIR, HASH_PART_LEN
 
 _NEEDS_ESCAPE = re.compile(rb'[\x00-\x1f"\\]')
 _ESCAPES = {b'"': b'\\"', b"\\": b"\\\\", b"\n": b"\\n", b"\r": b"\\r", b"\t": b"\\t"}
@@ -110,9 +106,8 @@ def _drv_object(name: str, sections: Sections, indent: int, store_dir: str) -> b
             case OutputKind.INPUT_ADDRESSED:
                 fields = [(b'"path"', _s(o.path))]
             case OutputKind.FIXED:
-                path = fixed_output_path(o.method, o.fixed_hash, output_path_name(name, o.name),
-                                         store_dir=store_dir)
-                fields = [(b'"path"', _s(path)), (b'"hashAlgo"', _s(o.hash_algo)),
+                fields = [(b'"path"', _s(fixed_path(name, o, store_dir))),
+                          (b'"hashAlgo"', _s(o.hash_algo)),
                           (b'"hash"', _s(o.fixed_hash.hex))]
             case OutputKind.FLOATING:
                 fields = [(b'"hashAlgo"', _s(o.hash_algo))]
