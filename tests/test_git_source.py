@@ -10,7 +10,7 @@ import pytest
 
 from buildref.errors import BadStorePath
 from buildref.git.source import GitRepository
-from buildref.git.tree_nar import TreeRule
+from buildref.git.tree_nar import BlobRef, Fragment, TreeNarCache, TreeRule
 from buildref.nix.storepath import check_name
 from gitrepos import RandomRepo, tracked_dirs
 from helpers import Nix, assert_error_line, buildref, buildref_json, git, nix_string
@@ -161,3 +161,32 @@ def test_bad_repositories_and_revisions_are_one_line_errors(tmp_path: Path) -> N
     assert_error_line(buildref("hash", str(repo.path), "--subdir", "../up", check=False), "leaves")
     subprocess.run(["git", "-C", str(repo.path), "checkout", "-q", "--orphan", "empty"], check=True)
     assert_error_line(buildref("hash", str(repo.path), check=False), "unknown revision 'HEAD'")
+
+
+def _blob_refs(fragment: Fragment) -> int:
+    count, stack = 0, [fragment]
+    while stack:
+        for part in stack.pop().parts:
+            if isinstance(part, BlobRef):
+                count += 1
+            elif isinstance(part, Fragment):
+                stack.append(part)
+    return count
+
+
+def test_memory_budget_changes_memory_not_hashes(nix: Nix, tmp_path: Path) -> None:
+    """Large files, and every file once the budget is spent, are streamed from git when hashing."""
+    repo = RandomRepo(tmp_path / "repo", 21)
+    repo.write(b"big.bin", os.urandom(TreeNarCache.INLINE_MAX + 1))
+    revs = repo.build(2)
+    want = [r["narHash"] for r in _fetch_all(nix, repo.path, revs)]
+    default = GitRepository(str(repo.path))
+    streamed = GitRepository(str(repo.path))
+    streamed.trees.max_bytes = 0
+    for rev, nar_hash in zip(revs, want, strict=True):
+        assert default.source(rev).nar_hash.sri == nar_hash
+        assert streamed.source(rev).nar_hash.sri == nar_hash
+    tree = streamed.resolve(revs[-1]).tree_id.raw
+    files = int(repo.git("ls-tree", "-r", "--name-only", revs[-1], "--", ".").count("\n")) + 1
+    assert _blob_refs(streamed.trees.fragment(tree, TreeRule.EXPORT_IGNORE)) >= files // 2
+    assert _blob_refs(default.trees.fragment(tree, TreeRule.EXPORT_IGNORE)) >= 1  # big.bin

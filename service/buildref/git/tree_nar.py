@@ -10,7 +10,7 @@ the attribute rules that reach into it), so hashing the next commit reads only w
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -66,25 +66,38 @@ def parse_tree(data: bytes, oid_size: int = 20) -> list[Entry]:
     return entries
 
 
+class BlobRef:
+    """A file's contents left in the object database, read only while hashing."""
+
+    __slots__ = ("oid", "size")
+
+    def __init__(self, oid: bytes, size: int) -> None:
+        self.oid = oid
+        self.size = size
+
+
 class Fragment:
-    """The NAR serialisation of one node: bytes and shared child fragments, in order."""
+    """The NAR serialisation of one node: bytes, blob references and shared child fragments."""
 
     __slots__ = ("archived", "parts", "size")
 
-    def __init__(self, parts: list[bytes | Fragment], archived: bool = True) -> None:
+    def __init__(self, parts: list[bytes | BlobRef | Fragment], archived: bool = True) -> None:
         self.parts = parts
         self.size: int = sum(len(p) if isinstance(p, bytes) else p.size for p in parts)
         # Whether `git archive` writes this directory at all (see _Frame.attach).
         self.archived = archived
 
-    def chunks(self) -> Iterator[bytes]:
-        stack: list[Iterator[bytes | Fragment]] = [iter(self.parts)]
+    def chunks(self, read: Callable[[bytes], bytes]) -> Iterator[bytes]:
+        """The NAR bytes in order; ``read`` fetches referenced blobs, one at a time."""
+        stack: list[Iterator[bytes | BlobRef | Fragment]] = [iter(self.parts)]
         while stack:
             part = next(stack[-1], None)
             if part is None:
                 stack.pop()
             elif isinstance(part, bytes):
                 yield part
+            elif isinstance(part, BlobRef):
+                yield read(part.oid)
             else:
                 stack.append(iter(part.parts))
 
@@ -93,17 +106,23 @@ _MemoKey = tuple[bytes, tuple[Rule, ...], bytes]
 
 
 class TreeNarCache:
-    """Serialises git trees of one repository to NAR, memoising subtrees. Holds at most about
-    ``max_bytes`` of serialised data; past that the memo starts over."""
+    """Serialises git trees of one repository to NAR, memoising subtrees.
 
-    def __init__(self, repo: Any, max_bytes: int = 512 << 20) -> None:
+    Small files are kept in the memo as bytes, up to ``max_bytes`` in all; larger files, and any
+    past that budget, are kept as references and streamed from the object database while hashing,
+    so no archive is ever whole in memory. When the budget is spent, the next tree starts a new memo.
+    """
+
+    INLINE_MAX = 256 << 10  # files larger than this are always read at hashing time
+
+    def __init__(self, repo: Any, max_bytes: int = 256 << 20) -> None:
         import pygit2
 
         self._oid = pygit2.Oid
         self._odb = repo.odb
         self.max_bytes = max_bytes
         self._memo: dict[_MemoKey, Fragment] = {}
-        self._memo_bytes = 0
+        self._inline_bytes = 0
         self.trees_read = 0  # how many tree objects were serialised (not taken from the memo)
 
     def _read(self, oid: bytes, want: int) -> bytes:
@@ -115,16 +134,31 @@ class TreeNarCache:
             raise GitError(f"git object {oid.hex()} is not a {'tree' if want == _TREE else 'blob'}")
         return bytes(data)
 
-    def leaf(self, entry: Entry) -> bytes:
+    def _read_blob(self, oid: bytes) -> bytes:
+        return self._read(oid, _BLOB)
+
+    def node(self, entry: Entry) -> list[bytes | BlobRef]:
         """The NAR node of a non-directory entry."""
         if entry.is_gitlink:
-            return nar.EMPTY_DIRECTORY  # submodules are not fetched
+            return [nar.EMPTY_DIRECTORY]  # submodules are not fetched
         kind = entry.mode & _MODE_TYPE
         if kind == _MODE_LINK:
-            return nar.symlink(self._read(entry.oid, _BLOB))
-        if kind == _MODE_REGULAR:
-            return nar.regular(self._read(entry.oid, _BLOB), bool(entry.mode & 0o100))
-        raise BadArchive(f"git entry {entry.name!r} has unsupported mode {entry.mode:o}")
+            return [nar.symlink(self._read_blob(entry.oid))]
+        if kind != _MODE_REGULAR:
+            raise BadArchive(f"git entry {entry.name!r} has unsupported mode {entry.mode:o}")
+        executable = bool(entry.mode & 0o100)
+        try:
+            kind, size = self._odb.read_header(self._oid(raw=entry.oid))
+        except (KeyError, ValueError) as e:
+            raise GitError(f"git object {entry.oid.hex()} is missing: {e}") from None
+        if kind != _BLOB:
+            raise GitError(f"git object {entry.oid.hex()} is not a blob")
+        if size <= self.INLINE_MAX and self._inline_bytes < self.max_bytes:
+            self._inline_bytes += size
+            return [nar.regular(self._read_blob(entry.oid), executable)]
+        header = nar.EXECUTABLE_HEADER if executable else nar.REGULAR_HEADER
+        return [header + size.to_bytes(8, "little"), BlobRef(entry.oid, size),
+                nar.padding(size) + nar.CLOSE]
 
     def rules_of(self, entries: list[Entry], path: bytes) -> list[Rule]:
         """The export-ignore rules of the ``.gitattributes`` among ``entries``, if any."""
@@ -136,6 +170,9 @@ class TreeNarCache:
     def fragment(self, tree: bytes, rule: TreeRule, inherited: tuple[Rule, ...] = (),
                  path: bytes = b"") -> Fragment:
         """The NAR node of ``tree`` found at ``path`` (``""`` or ending in ``/``)."""
+        if self._inline_bytes >= self.max_bytes:
+            self._memo.clear()
+            self._inline_bytes = 0
         # Iterative post-order walk: trees can be deeper than Python's recursion limit.
         root_key = self.key(tree, rule, inherited, path)
         found = self._memo.get(root_key)
@@ -167,20 +204,16 @@ class TreeNarCache:
         return self._memo.get(key)
 
     def _remember(self, key: _MemoKey, fragment: Fragment) -> None:
-        if self._memo_bytes + fragment.size > self.max_bytes:
-            self._memo.clear()
-            self._memo_bytes = 0
         self._memo[key] = fragment
-        self._memo_bytes += fragment.size
 
     def nar_info(self, fragment: Fragment) -> NarInfo:
         h = hashlib.sha256(nar.MAGIC)
-        for chunk in fragment.chunks():
+        for chunk in fragment.chunks(self._read_blob):
             h.update(chunk)
         return NarInfo(Hash(HashAlgo.SHA256, h.digest()), len(nar.MAGIC) + fragment.size)
 
     def leaf_fragment(self, entry: Entry) -> Fragment:
-        return Fragment([self.leaf(entry)])
+        return Fragment(list(self.node(entry)))
 
     def entries(self, tree: bytes) -> list[Entry]:
         return parse_tree(self._read(tree, _TREE), len(tree))
@@ -200,7 +233,7 @@ class _Frame:
         self.path = path
         self.key = key
         self.index = 0
-        self.parts: list[bytes | Fragment] = [nar.DIRECTORY_HEADER]
+        self.parts: list[bytes | BlobRef | Fragment] = [nar.DIRECTORY_HEADER]
         self.pending = b""  # the entry prefix of the subtree being serialised
 
     @classmethod
@@ -230,7 +263,14 @@ class _Frame:
             self.index += 1
             prefix = nar.entry_prefix(entry.name)
             if not entry.is_tree:
-                self.parts.append(prefix + cache.leaf(entry) + nar.CLOSE)
+                node = cache.node(entry)
+                if len(node) == 1:
+                    assert isinstance(node[0], bytes)
+                    self.parts.append(prefix + node[0] + nar.CLOSE)
+                else:
+                    self.parts.append(prefix)
+                    self.parts.extend(node)
+                    self.parts.append(nar.CLOSE)
                 continue
             child_path = self.path + entry.name + b"/"
             key = cache.key(entry.oid, self.rule, self.inherited, child_path)
