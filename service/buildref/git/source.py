@@ -34,12 +34,34 @@ def _split_subdir(subdir: str) -> list[str]:
     return parts
 
 
+_configured: list[bool] = []
+
+
+def _configure_libgit2() -> None:
+    """Read repositories the same way whoever runs buildref and whatever the machine's git setup.
+
+    Only objects are read: libgit2 runs no hooks, filters or fsmonitor here, so the ownership check
+    (which keeps root, the service's user, out of a developer's repository) guards nothing; and no
+    global or system git config is consulted (the result depends on the commit alone, and a service
+    user's home may be unreadable)."""
+    if _configured:
+        return
+    import pygit2
+    from pygit2.enums import ConfigLevel, Option
+
+    pygit2.option(Option.SET_OWNER_VALIDATION, 0)
+    for level in (ConfigLevel.SYSTEM, ConfigLevel.XDG, ConfigLevel.GLOBAL):
+        pygit2.settings.search_path[level] = ""
+    _configured.append(True)
+
+
 class GitRepository:
     """One repository, opened once, with its tree memo."""
 
     def __init__(self, path: str, store_dir: str = DEFAULT_STORE_DIR) -> None:
         import pygit2
 
+        _configure_libgit2()
         self._pygit2 = pygit2
         try:
             self.repo: Any = pygit2.Repository(path)
