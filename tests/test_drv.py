@@ -165,6 +165,19 @@ def test_dynamic_derivation_terms_round_trip() -> None:
     assert print_drv(drv) == text
 
 
+@pytest.mark.parametrize("env", [
+    b'("a","b")x("c","d")', b'("a","b"),', b'("a","b")("c","d")', b'x("a","b")', b'("a","b"),,("c","d")',
+    b'("a","b") ', b'("a")', b'("a","b","c")', b'("a","b),("c","d")',
+])
+def test_malformed_environments_are_rejected(env: bytes) -> None:
+    from buildref.errors import BadDerivation
+
+    head = b'Derive([("out","/nix/store/0000000000000000000000000000000a-x","","")],[],[],"s","b",[],['
+    text = head + env + b"])"
+    with pytest.raises(BadDerivation):
+        parse(text, "x")
+
+
 def _random_bytes(rng: random.Random) -> bytes:
     alphabet = b'ab\\"\n\r\t${}()[],\x00\x01\x7f\xff\xc3\xa9 '
     return bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 20)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain
 from typing import TypeVar
 
 from buildref.errors import BadDerivation
@@ -42,7 +43,6 @@ _ENV_LIST = re.compile(_list(_ENV), re.DOTALL)
 _STR_LIST = re.compile(_list(_STR), re.DOTALL)
 _STRING = re.compile(_CAPTURED, re.DOTALL)
 _OUTPUT_ITEM = re.compile(_tuple(_CAPTURED, _CAPTURED, _CAPTURED, _CAPTURED), re.DOTALL)
-_ENV_ITEM = re.compile(_tuple(_CAPTURED, _CAPTURED), re.DOTALL)
 _INPUT_ITEM = re.compile(_tuple(_CAPTURED, _list(_STR)), re.DOTALL)
 _ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
 _UNESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t"}
@@ -108,7 +108,7 @@ class Sections:
     system: bytes
     builder: bytes  # escaped, without the quotes
     args: bytes  # the inside of the list: "a","b"
-    env: bytes  # the inside of the list: ("k","v"),("k2","v2")
+    env: tuple[tuple[bytes, bytes], ...]  # escaped (key, value) pairs, in file order
     # True when the file uses only the escapes Nix writes and has no raw control bytes, so its
     # escaped strings are exactly what Nix 2.8's JSON writer prints.
     json_ready: bool = False
@@ -117,7 +117,7 @@ class Sections:
         return Derivation(
             name, self.outputs, self.input_drvs, self.input_srcs, self.system, _unescape(self.builder),
             tuple(_unescape(a) for a in _STRING.findall(self.args)),
-            tuple((_unescape(k), _unescape(v)) for k, v in _ENV_ITEM.findall(self.env)),
+            tuple((_unescape(k), _unescape(v)) for k, v in self.env),
             self.version,
         )
 
@@ -128,11 +128,29 @@ def parse(data: bytes, name: str) -> Derivation:
     return split(data).decode(name)
 
 
+# The environment, the bulk of a drv, is matched loosely here and checked by _env_pairs, which
+# tokenises it once for both parsing and printing JSON.
 _WHOLE = re.compile(
     b"Derive\\(" + b",".join([_list(_OUTPUT), _list(_INPUT), _list(_STR), _CAPTURED, _CAPTURED,
-                             _list(_STR), _list(_ENV)]) + rb"\)",
+                             _list(_STR), rb"\[(.*)\]"]) + rb"\)",
     re.DOTALL,
 )
+_ENV_PAIR = re.compile(_tuple(_CAPTURED, _CAPTURED) + rb"(?:,|\Z)", re.DOTALL)
+
+
+def _env_pairs(body: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """The pairs of an environment list's inside, checked to make up all of it: matches never
+    overlap, so they tile ``body`` exactly when their lengths add up to its length."""
+    pairs = _ENV_PAIR.findall(body)
+    if not pairs:
+        if body:
+            raise BadDerivation("malformed environment list")
+        return ()
+    # ("k","v") is 7 bytes around key and value, and all but the last pair end with a comma.
+    covered = sum(map(len, chain.from_iterable(pairs))) + 8 * len(pairs) - 1
+    if covered != len(body) or not body.endswith(b")"):
+        raise BadDerivation("malformed environment list")
+    return tuple(pairs)
 _HEAD = re.compile(b"Derive\\(\\[" + _seq(_OUTPUT) + b"\\]," + _list(_INPUT) + b"," + _list(_STR) + b",",
                    re.DOTALL)
 
@@ -164,7 +182,7 @@ def split(data: bytes) -> Sections:
         _unescape(system),
         builder,
         args,
-        env,
+        _env_pairs(env),
         _json_ready(data),
     )
 
@@ -225,11 +243,11 @@ def _split_stepwise(data: bytes) -> Sections:
     r.expect(b",")
     args = r.match(_STR_LIST, "a list of arguments").group(1)
     r.expect(b",")
-    env = r.match(_ENV_LIST, "an environment list").group(1)
+    env = _env_pairs(r.match(_ENV_LIST, "an environment list").group(1))
     r.expect(b")")
     if r.pos != len(data):
         raise BadDerivation(f"unexpected data after the derivation at byte {r.pos}")
-    return Sections(version, outputs, input_drvs, input_srcs, system, builder, args, env)
+    return Sections(version, outputs, input_drvs, input_srcs, system, builder, args, env, _json_ready(data))
 
 
 def _output_name(raw: bytes) -> str:

@@ -39,21 +39,21 @@ def _s(value: str) -> bytes:
     return json_string(value.encode())
 
 
+_PAD = [b"\n" + b"  " * depth for depth in range(12)]  # a new line indented to depth
+_JOIN = [b"," + pad for pad in _PAD]
+
+
 def _object(indent: int, members: list[tuple[bytes, bytes]]) -> bytes:
     """``members`` are (quoted key, rendered value) pairs; values already carry their own nesting."""
     if not members:
         return b"{}"
-    pad = b"\n" + b"  " * (indent + 1)
-    body = b",".join(pad + key + b": " + value for key, value in members)
-    return b"{" + body + b"\n" + b"  " * indent + b"}"
+    body = _JOIN[indent + 1].join([key + b": " + value for key, value in members])
+    return b"{" + _PAD[indent + 1] + body + _PAD[indent] + b"}"
 
 
 def _list(indent: int, items: Iterable[bytes]) -> bytes:
-    rendered = list(items)
-    if not rendered:
-        return b"[]"
-    pad = b"\n" + b"  " * (indent + 1)
-    return b"[" + b",".join(pad + item for item in rendered) + b"\n" + b"  " * indent + b"]"
+    body = _JOIN[indent + 1].join(items)
+    return b"[" + _PAD[indent + 1] + body + _PAD[indent] + b"]" if body else b"[]"
 
 
 # Nix writes ATerm strings with exactly the escapes its 2.8 JSON writer uses (\" \\ \n \r \t) and
@@ -61,18 +61,16 @@ def _list(indent: int, items: Iterable[bytes]) -> bytes:
 # (``Sections.json_ready``) the escaped strings are already JSON: env and args need no unescaping and
 # re-escaping string by string. Other files take the general path: decode, then escape each string.
 _ITEM = re.compile(rb'"(' + STRING_BODY + rb')"', re.DOTALL)
-_PAIR = re.compile(rb'\("(' + STRING_BODY + rb')","(' + STRING_BODY + rb')"\)', re.DOTALL)
 
 
 def _env(sections: Sections, drv: Callable[[], Derivation], indent: int) -> bytes:
     if not sections.env:
         return b"{}"
     if sections.json_ready:
-        pairs = _PAIR.findall(sections.env)
+        pairs = sections.env
         if all(a[0] < b[0] for a, b in pairwise(pairs)) and not any(b"\\" in k for k, _ in pairs):
-            pad = b"\n" + b"  " * (indent + 1)
-            body = (b'",' + pad + b'"').join([k + b'": "' + v for k, v in pairs])
-            return b"{" + pad + b'"' + body + b'"\n' + b"  " * indent + b"}"
+            body = (b'"' + _JOIN[indent + 1] + b'"').join([k + b'": "' + v for k, v in pairs])
+            return b"{" + _PAD[indent + 1] + b'"' + body + b'"' + _PAD[indent] + b"}"
     env = dict(drv().env)  # as Nix's std::map: sorted, last duplicate wins
     return _object(indent, [(json_string(k), json_string(v)) for k, v in sorted(env.items())])
 
@@ -82,9 +80,8 @@ def _args(sections: Sections, drv: Callable[[], Derivation], indent: int) -> byt
         return b"[]"
     if not sections.json_ready:
         return _list(indent, (json_string(a) for a in drv().args))
-    pad = b"\n" + b"  " * (indent + 1)
-    body = (b'",' + pad + b'"').join(_ITEM.findall(sections.args))
-    return b"[" + pad + b'"' + body + b'"\n' + b"  " * indent + b"]"
+    body = (b'"' + _JOIN[indent + 1] + b'"').join(_ITEM.findall(sections.args))
+    return b"[" + _PAD[indent + 1] + b'"' + body + b'"' + _PAD[indent] + b"]"
 
 
 def _builder(sections: Sections, drv: Callable[[], Derivation]) -> bytes:
