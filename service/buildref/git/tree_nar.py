@@ -186,8 +186,7 @@ class TreeNarCache:
             if child is not None:
                 stack.append(child)
                 continue
-            result = frame.finish()
-            self._remember(frame.key, result)
+            result = self._memo[frame.key] = frame.finish()
             stack.pop()
             if stack:
                 stack[-1].attach(result)
@@ -202,9 +201,6 @@ class TreeNarCache:
 
     def memoised(self, key: _MemoKey) -> Fragment | None:
         return self._memo.get(key)
-
-    def _remember(self, key: _MemoKey, fragment: Fragment) -> None:
-        self._memo[key] = fragment
 
     def nar_info(self, fragment: Fragment) -> NarInfo:
         h = hashlib.sha256(nar.MAGIC)

@@ -148,9 +148,3 @@ def show_order(paths: Iterable[str]) -> list[str]:
     """Nix prints a set of store paths, ordered by base name; repeats collapse."""
     by_base = {path.rsplit("/", 1)[-1]: path for path in paths}
     return [by_base[base] for base in sorted(by_base)]
-
-
-def show_derivations(drvs: Iterable[tuple[str, Sections]], store_dir: str = DEFAULT_STORE_DIR) -> bytes:
-    """The whole ``nix show-derivation`` output for ``(drv path, split drv)`` pairs."""
-    table = dict(drvs)
-    return show_document(show_member(p, table[p], store_dir) for p in show_order(table))
