@@ -115,7 +115,7 @@ def cmd_drv_verify(args: argparse.Namespace) -> int:
 
     reader = DrvReader(args.store_dir or default_store_dir())
     hasher = DrvHasher(reader.load, reader.store_dir)
-    paths = reader.closure(args.drvs) if args.recursive else [str(reader.drv_path(p)) for p in args.drvs]
+    paths = reader.select(args.drvs, args.recursive)
     results: list[VerifyJson] = []
     failed = 0
     for path in paths:

@@ -29,12 +29,11 @@ def _runs(paths: list[str], count: int) -> list[list[str]]:
 
 
 def show(reader: DrvReader, drvs: Sequence[str], recursive: bool) -> bytes:
-    paths = reader.closure(drvs) if recursive else [str(reader.drv_path(p)) for p in drvs]
-    ordered = show_order(paths)
+    ordered = show_order(reader.select(drvs, recursive))
     workers = min(os.cpu_count() or 1, max(1, len(ordered) // (PARALLEL_FROM // 2)))
     _job.append(reader)
     try:
-        if workers < 2 or len(ordered) < PARALLEL_FROM:
+        if workers < 2:
             return show_document([_render(ordered)])
         import multiprocessing  # only here: importing it costs as much as a small job
 

@@ -72,6 +72,10 @@ class DrvReader:
             raise BadDerivation(f"{referrer}: input '{path}' is not in the store {self.store_dir}")
         return path
 
+    def select(self, drvs: Iterable[str], recursive: bool) -> list[str]:
+        """The store paths of ``drvs``, checked; with ``recursive``, their whole closure."""
+        return self.closure(drvs) if recursive else [str(self.drv_path(p)) for p in drvs]
+
     def closure(self, roots: Iterable[str]) -> list[str]:
         """The derivations ``roots`` depend on, roots included: input derivations, and input
         sources that are themselves .drv files (``drvPath`` in a string). Reads only the head of

@@ -16,9 +16,9 @@ from buildref.errors import BadDerivation
 from buildref.nix.derivation import Derivation, InputNode, Output
 
 _T = TypeVar("_T")
-STRING_BODY = rb'[^"\\]*(?:\\.[^"\\]*)*'  # the inside of a quoted string, escapes included
-_STR = rb'"' + STRING_BODY + rb'"'
-_CAPTURED = rb'"(' + STRING_BODY + rb')"'
+_BODY = rb'[^"\\]*(?:\\.[^"\\]*)*'  # the inside of a quoted string, escapes included
+_STR = rb'"' + _BODY + rb'"'
+_CAPTURED = rb'"(' + _BODY + rb')"'
 
 
 def _seq(item: bytes) -> bytes:
@@ -59,7 +59,7 @@ def _unescape(raw: bytes) -> bytes:
 
 def _ascii(raw: bytes, what: str) -> str:
     try:
-        return (_unescape(raw) if b"\\" in raw else raw).decode("ascii")
+        return _unescape(raw).decode("ascii")
     except UnicodeDecodeError:
         raise BadDerivation(f"{what} is not ASCII: {raw[:80]!r}") from None
 
@@ -107,7 +107,7 @@ class Sections:
     input_srcs: tuple[str, ...]
     system: bytes
     builder: bytes  # escaped, without the quotes
-    args: bytes  # the inside of the list: "a","b"
+    args: tuple[bytes, ...]  # escaped, without the quotes
     env: tuple[tuple[bytes, bytes], ...]  # escaped (key, value) pairs, in file order
     # True when the file uses only the escapes Nix writes and has no raw control bytes, so its
     # escaped strings are exactly what Nix 2.8's JSON writer prints.
@@ -116,7 +116,7 @@ class Sections:
     def decode(self, name: str) -> Derivation:
         return Derivation(
             name, self.outputs, self.input_drvs, self.input_srcs, self.system, _unescape(self.builder),
-            tuple(_unescape(a) for a in _STRING.findall(self.args)),
+            tuple(_unescape(a) for a in self.args),
             tuple((_unescape(k), _unescape(v)) for k, v in self.env),
             self.version,
         )
@@ -151,6 +151,8 @@ def _env_pairs(body: bytes) -> tuple[tuple[bytes, bytes], ...]:
     if covered != len(body) or not body.endswith(b")"):
         raise BadDerivation("malformed environment list")
     return tuple(pairs)
+
+
 _HEAD = re.compile(b"Derive\\(\\[" + _seq(_OUTPUT) + b"\\]," + _list(_INPUT) + b"," + _list(_STR) + b",",
                    re.DOTALL)
 
@@ -181,7 +183,7 @@ def split(data: bytes) -> Sections:
         _strings(srcs, _input_source),
         _unescape(system),
         builder,
-        args,
+        tuple(_STRING.findall(args)),
         _env_pairs(env),
         _json_ready(data),
     )
@@ -233,7 +235,7 @@ def _split_stepwise(data: bytes) -> Sections:
 
     outputs = _outputs(r.match(_OUTPUTS_LIST, "a list of outputs").group(1))
     r.expect(b",")
-    input_drvs = _dynamic_inputs(r)
+    input_drvs = _node_map(r, "an input derivation path")
     r.expect(b",")
     input_srcs = _strings(r.match(_STR_LIST, "a list of input sources").group(1), _input_source)
     r.expect(b",")
@@ -241,7 +243,7 @@ def _split_stepwise(data: bytes) -> Sections:
     r.expect(b",")
     builder = r.match(_STRING, "the builder").group(1)
     r.expect(b",")
-    args = r.match(_STR_LIST, "a list of arguments").group(1)
+    args = tuple(_STRING.findall(r.match(_STR_LIST, "a list of arguments").group(1)))
     r.expect(b",")
     env = _env_pairs(r.match(_ENV_LIST, "an environment list").group(1))
     r.expect(b")")
@@ -262,13 +264,9 @@ def _strings(body: bytes, convert: Callable[[bytes], _T]) -> tuple[_T, ...]:
     return tuple(convert(s) for s in _STRING.findall(body))
 
 
-def _dynamic_inputs(r: _Reader) -> tuple[tuple[str, InputNode], ...]:
-    """The general input list, with nested output maps (``DrvWithVersion``)."""
-    return _node_map(r, "an input derivation path")
-
-
 def _node_map(r: _Reader, key: str) -> tuple[tuple[str, InputNode], ...]:
-    """``[("<key>",<node>),...]``: input derivations, or the outputs of a dynamic derivation."""
+    """``[("<key>",<node>),...]``: input derivations (the general form, with the nested output maps
+    of ``DrvWithVersion``), or the outputs of a dynamic derivation."""
     r.expect(b"[")
     items: list[tuple[str, InputNode]] = []
     while not r.peek(b"]"):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from itertools import pairwise
 from typing import assert_never
 
-from buildref.nix.aterm import STRING_BODY, Sections
+from buildref.nix.aterm import Sections
 from buildref.nix.derivation import Derivation, OutputKind
 from buildref.nix.drvhash import fixed_path
 from buildref.nix.storepath import DEFAULT_STORE_DIR, HASH_PART_LEN
@@ -60,7 +60,6 @@ def _list(indent: int, items: Iterable[bytes]) -> bytes:
 # copies other bytes raw, so in a file with no other escapes and no raw control bytes
 # (``Sections.json_ready``) the escaped strings are already JSON: env and args need no unescaping and
 # re-escaping string by string. Other files take the general path: decode, then escape each string.
-_ITEM = re.compile(rb'"(' + STRING_BODY + rb')"', re.DOTALL)
 
 
 def _env(sections: Sections, drv: Callable[[], Derivation], indent: int) -> bytes:
@@ -80,7 +79,7 @@ def _args(sections: Sections, drv: Callable[[], Derivation], indent: int) -> byt
         return b"[]"
     if not sections.json_ready:
         return _list(indent, (json_string(a) for a in drv().args))
-    body = (b'"' + _JOIN[indent + 1] + b'"').join(_ITEM.findall(sections.args))
+    body = (b'"' + _JOIN[indent + 1] + b'"').join(sections.args)
     return b"[" + _PAD[indent + 1] + b'"' + body + b'"' + _PAD[indent] + b"]"
 
 
