@@ -6,10 +6,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from buildref import __version__
 from buildref.errors import BuildrefError
+
+if TYPE_CHECKING:
+    from buildref.client import QueryClient
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -138,6 +141,125 @@ def cmd_drv_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from buildref.config import load_config
+    from buildref.logs import configure
+    from buildref.service import Service
+
+    config = load_config(args.config)
+    configure(args.log_format or config.log_format, config.log_level)
+    asyncio.run(Service(config).run())
+    return 0
+
+
+def _client(args: argparse.Namespace) -> QueryClient:
+    from buildref.client import QueryClient
+    from buildref.config import client_socket
+
+    return QueryClient(client_socket(args.socket))
+
+
+def _when(value: float | None) -> str:
+    import datetime
+
+    if value is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(value, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def parse_time(text: str) -> float:
+    """Seconds since the epoch, an ISO 8601 date/time (UTC unless it says), or an age: 90s, 30m, 2h, 7d."""
+    import datetime
+    import re
+    import time
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text.strip())
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        return time.time() - float(m.group(1)) * unit
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise BuildrefError(f"'{text}' is not a time: give seconds since the epoch, an ISO date, "
+                            "or an age like 30m, 2h, 7d") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _client(args).call("status")
+    if args.json:
+        _print_json(status)
+        return 0
+    events, since = status["events"], status["sinceStart"]
+    db = status["database"]
+    last = status["lastEvent"]
+    lines = [
+        f"service      buildref {status['version']}, pid {status['pid']}, up {status['uptime']:.0f} s",
+        f"queue        {status['queueDepth']} event(s) waiting",
+        f"events       {events['received']} received, {events['indexed']} indexed, "
+        f"{events['failed']} failed, {events['pending']} pending",
+        f"since start  {since['received']} received, {since['indexed']} indexed, {since['failed']} failed",
+        f"spool        {status['spoolFiles']} file(s)",
+        f"database     {db['path']} ({db['bytes']} bytes): {db['derivations']} derivations, "
+        f"{db['outputs']} outputs, {db['builds']} builds",
+        "last event   "
+        + ("-" if last is None else f"{_when(last['receivedAt'])} {last['state']} {last['drvPath']}"),
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_builds(args: argparse.Namespace) -> int:
+    since = parse_time(args.since) if args.since else 0.0
+    builds = _client(args).call("builds", {"since": since, "limit": args.limit})
+    if args.json:
+        _print_json(builds)
+        return 0
+    for build in builds:
+        outs = " ".join(f"{name}={path}" for name, path in build["outputs"].items())
+        outs = outs or "(no outputs in store)"
+        print(f"{_when(build['builtAt'])}  {build['drvPath']}  {outs}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import time
+
+    from buildref.client import send_event, wait_indexed
+    from buildref.config import client_hook_socket
+    from buildref.localstore import DrvReader, default_store_dir
+
+    reader = DrvReader(args.store_dir or default_store_dir())
+    hook_socket = client_hook_socket(args.hook_socket)
+    keys: list[tuple[str, float]] = []
+    refused = []
+    for drv in args.drvs:
+        path = str(reader.drv_path(drv))
+        t = time.time()
+        answer = send_event(hook_socket, path, t)
+        keys.append((path, t))
+        if answer != "ok":
+            refused.append(path)
+    states = wait_indexed(_client(args), keys, args.timeout)
+    failed = sum(s["state"] != "indexed" for s in states)
+    if args.json:
+        _print_json(states)
+    else:
+        for s in states:
+            detail = f": {s['error']}" if s["error"] else ""
+            print(f"{s['state']}\t{s['drvPath']}{detail}")
+    print(f"{len(states) - failed} of {len(args.drvs)} derivations recorded", file=sys.stderr)
+    return 1 if failed or len(states) != len(args.drvs) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="buildref",
@@ -192,6 +314,56 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--store-dir", help="Nix store directory (default $NIX_STORE_DIR or /nix/store)")
         sub.add_argument("--json", action="store_true", help="machine-readable output on stdout")
         sub.set_defaults(handler=handler)
+
+    serve = commands.add_parser(
+        "serve", help="run the service: record every build the hook reports",
+        description=(
+            "Run the buildref service: listen on the hook socket (events from buildref-hook, Nix's "
+            "post-build-hook) and the query socket, drain the spool directory, and index each built "
+            "derivation, with its input closure, into the database. Uses systemd socket activation "
+            "when started by systemd (sockets named 'hook' and 'query'), else creates the sockets. "
+            "SIGTERM finishes queued work and exits 0."
+        ),
+    )
+    serve.add_argument("--config", metavar="FILE", help="TOML config (default: built-in defaults)")
+    serve.add_argument("--log-format", choices=["console", "json"], help="overrides [log] format")
+    serve.set_defaults(handler=cmd_serve)
+
+    def client_command(name: str, help_: str, description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_, description=description)
+        sub.add_argument("--socket", metavar="PATH",
+                         help="query socket (default $BUILDREF_SOCKET or /run/buildref/query.sock)")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        return sub
+
+    status = client_command(
+        "status", "what the service is doing",
+        "Queue depth, events received/indexed/failed (in all and since start), spool files, "
+        "last event, database size and uptime.",
+    )
+    status.set_defaults(handler=cmd_status)
+
+    builds = client_command("builds", "recent builds with their outputs",
+                            "Recorded builds, newest first, with the outputs found in the store.")
+    builds.add_argument("--since", metavar="T",
+                        help="only builds from T on: seconds since the epoch, an ISO date, "
+                             "or an age (30m, 2h, 7d)")
+    builds.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    builds.set_defaults(handler=cmd_builds)
+
+    import_ = client_command(
+        "import", "record derivations built before the service ran",
+        "Send each DRV to the service as the hook would (needs access to the hook socket) and wait "
+        "until it is indexed. Outputs are recorded as built only when they are in the store; the "
+        "build time recorded is the time of the import.",
+    )
+    import_.add_argument("drvs", nargs="+", metavar="DRV", help="a .drv store path")
+    import_.add_argument("--hook-socket", metavar="PATH",
+                         help="hook socket (default $BUILDREF_HOOK_SOCKET or /run/buildref/hook.sock)")
+    import_.add_argument("--store-dir", help="Nix store directory (default $NIX_STORE_DIR or /nix/store)")
+    import_.add_argument("--timeout", type=float, default=300.0,
+                         help="seconds to wait for indexing (default 300)")
+    import_.set_defaults(handler=cmd_import)
     return parser
 
 

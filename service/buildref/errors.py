@@ -34,3 +34,15 @@ class GitError(BuildrefError):
 
 class UnknownRevision(GitError):
     """A revision that does not name a commit in the repository."""
+
+
+class BadConfig(BuildrefError):
+    """A configuration file or option the service cannot run with."""
+
+
+class BadRequest(BuildrefError):
+    """A hook event or query that does not follow the protocol."""
+
+
+class ServiceUnavailable(BuildrefError):
+    """The service's socket cannot be reached or did not answer."""

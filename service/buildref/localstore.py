@@ -76,10 +76,19 @@ class DrvReader:
         """The store paths of ``drvs``, checked; with ``recursive``, their whole closure."""
         return self.closure(drvs) if recursive else [str(self.drv_path(p)) for p in drvs]
 
+    def inputs(self, path: str) -> list[str]:
+        """The derivations a checked drv path refers to: input derivations, and input sources that
+        are themselves .drv files (``drvPath`` in a string). Reads only the head of the file;
+        splitting or parsing the derivation checks the rest."""
+        try:
+            drvs, srcs = references(self.data(path))
+        except BadDerivation as e:
+            raise BadDerivation(f"{path}: {e.args[0]}") from None
+        drv_srcs = [p for p in srcs if p.endswith(".drv")]
+        return [self._inner(p, path) for p in drvs] + [self._inner(p, path) for p in drv_srcs]
+
     def closure(self, roots: Iterable[str]) -> list[str]:
-        """The derivations ``roots`` depend on, roots included: input derivations, and input
-        sources that are themselves .drv files (``drvPath`` in a string). Reads only the head of
-        each file; splitting or parsing a derivation checks the rest."""
+        """The derivations ``roots`` depend on, roots included (see :meth:`inputs`)."""
         seen: set[str] = set()
         order: list[str] = []
         stack = [str(self.drv_path(r)) for r in roots]
@@ -89,10 +98,5 @@ class DrvReader:
                 continue
             seen.add(path)
             order.append(path)
-            try:
-                drvs, srcs = references(self.data(path))
-            except BadDerivation as e:
-                raise BadDerivation(f"{path}: {e.args[0]}") from None
-            stack.extend(self._inner(p, path) for p in drvs if p not in seen)
-            stack.extend(self._inner(p, path) for p in srcs if p.endswith(".drv") and p not in seen)
+            stack.extend(p for p in self.inputs(path) if p not in seen)
         return order

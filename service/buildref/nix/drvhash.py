@@ -40,6 +40,19 @@ class DrvHash:
     hashes: Mapping[str, Hash]  # per output name
     kind: DrvHashKind
 
+    def encode(self) -> str:
+        """A compact text form, for keeping in the index: ``kind:out=hex,dev=hex``."""
+        return self.kind.value + ":" + ",".join(f"{name}={h.hex}" for name, h in self.hashes.items())
+
+    @classmethod
+    def decode(cls, text: str) -> DrvHash:
+        kind, _, pairs = text.partition(":")
+        hashes = {}
+        for pair in pairs.split(","):
+            name, _, hex_digest = pair.partition("=")
+            hashes[name] = Hash(HashAlgo.SHA256, bytes.fromhex(hex_digest))
+        return cls(hashes, DrvHashKind(kind))
+
 
 def drv_path(data: bytes, drv: Derivation, store_dir: str = DEFAULT_STORE_DIR) -> str:
     """Where Nix stores a .drv file with these bytes."""
@@ -101,6 +114,10 @@ class DrvHasher:
             text = print_drv(drv, input_drvs=inputs)
         digest = Hash(HashAlgo.SHA256, hashlib.sha256(text).digest())
         return DrvHash({o.name: digest for o in drv.outputs}, kind)
+
+    def remember(self, path: str, result: DrvHash) -> None:
+        """Seed the memo with a result computed earlier (kept in the index)."""
+        self._memo[path] = result
 
     def path_modulo(self, path: str) -> DrvHash:
         """The unmasked modulo hash of the derivation at ``path``, computing its inputs first

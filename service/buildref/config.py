@@ -1,0 +1,175 @@
+"""The service's TOML configuration (``buildref serve --config FILE``): every key optional, with
+defaults for a system install, checked once at start so a typo fails loudly instead of silently."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from buildref.errors import BadConfig
+from buildref.nix.storepath import DEFAULT_STORE_DIR
+
+DEFAULT_STATE_DIR = "/var/lib/buildref"
+DEFAULT_HOOK_SOCKET = "/run/buildref/hook.sock"
+DEFAULT_QUERY_SOCKET = "/run/buildref/query.sock"
+
+
+@dataclass(frozen=True, slots=True)
+class SocketConfig:
+    path: str
+    mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class Repository:
+    name: str
+    path: str
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    state_dir: str = DEFAULT_STATE_DIR
+    store_dir: str = DEFAULT_STORE_DIR
+    database: str = f"sqlite://{DEFAULT_STATE_DIR}/buildref.db"
+    hook: SocketConfig = SocketConfig(DEFAULT_HOOK_SOCKET, 0o600)
+    spool_dir: str = f"{DEFAULT_STATE_DIR}/spool"
+    query: SocketConfig = SocketConfig(DEFAULT_QUERY_SOCKET, 0o666)
+    flake_locks: tuple[str, ...] = ()
+    repositories: tuple[Repository, ...] = field(default=())
+    log_format: str = "console"  # or "json"
+    log_level: str = "info"
+    nix_bin_dir: str = ""  # where nix lives; "" means PATH
+    idle_timeout: float = 10.0  # seconds a client may stay connected without sending a whole line
+
+    @property
+    def sqlite_path(self) -> str:
+        """The database file, for ``sqlite://`` URLs (the only kind this version serves)."""
+        if not self.database.startswith("sqlite://"):
+            raise BadConfig(f"database '{self.database}': only sqlite:///path databases are supported")
+        path = self.database.removeprefix("sqlite://")
+        if not path.startswith("/"):
+            raise BadConfig(f"database '{self.database}': give an absolute path, sqlite:///path")
+        return path
+
+
+_TOP_KEYS = {"state_dir", "store_dir", "database", "flake_locks", "hook", "query", "repository", "log",
+             "nix_bin_dir", "idle_timeout"}
+
+
+def _take(table: dict[str, Any], key: str, kind: type, where: str, default: Any) -> Any:
+    value = table.get(key, default)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise BadConfig(f"{where}{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _positive(table: dict[str, Any], key: str, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+        raise BadConfig(f"{key}: expected a number of seconds (0 < t <= 3600), got {value!r}")
+    return float(value)
+
+
+def _mode(table: dict[str, Any], where: str, default: int) -> int:
+    value = table.get("mode", default)
+    if isinstance(value, str):
+        try:
+            value = int(value, 8)
+        except ValueError:
+            raise BadConfig(f"{where}mode: expected an octal string like \"0600\", got {value!r}") from None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
+        raise BadConfig(f"{where}mode: expected a permission mode like \"0600\", got {value!r}")
+    return value
+
+
+def _unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(set(table) - allowed)
+    if extra:
+        raise BadConfig(f"unknown config key {where}{extra[0]}")
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    _unknown(data, _TOP_KEYS, "")
+    state_dir = _take(data, "state_dir", str, "", DEFAULT_STATE_DIR).rstrip("/") or "/"
+    hook = _take(data, "hook", dict, "", {})
+    query = _take(data, "query", dict, "", {})
+    log = _take(data, "log", dict, "", {})
+    _unknown(hook, {"socket", "mode", "spool_dir"}, "hook.")
+    _unknown(query, {"socket", "mode"}, "query.")
+    _unknown(log, {"format", "level"}, "log.")
+    log_format = _take(log, "format", str, "log.", "console")
+    if log_format not in ("console", "json"):
+        raise BadConfig(f"log.format: expected \"console\" or \"json\", got {log_format!r}")
+    log_level = _take(log, "level", str, "log.", "info").lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise BadConfig(f"log.level: expected debug, info, warning or error, got {log_level!r}")
+
+    repos = []
+    for i, entry in enumerate(_take(data, "repository", list, "", [])):
+        where = f"repository[{i}]."
+        if not isinstance(entry, dict):
+            raise BadConfig(f"repository[{i}]: expected a table")
+        _unknown(entry, {"name", "path", "url"}, where)
+        name = _take(entry, "name", str, where, None)
+        path = _take(entry, "path", str, where, None)
+        url = entry.get("url")
+        if url is not None and not isinstance(url, str):
+            raise BadConfig(f"{where}url: expected str, got {url!r}")
+        repos.append(Repository(name, path, url))
+    names = [r.name for r in repos]
+    if len(set(names)) != len(names):
+        raise BadConfig("repository names must be unique")
+
+    locks = _take(data, "flake_locks", list, "", [])
+    if not all(isinstance(p, str) for p in locks):
+        raise BadConfig("flake_locks: expected a list of paths")
+
+    config = Config(
+        state_dir=state_dir,
+        store_dir=_take(data, "store_dir", str, "", DEFAULT_STORE_DIR).rstrip("/"),
+        database=_take(data, "database", str, "", f"sqlite://{state_dir}/buildref.db"),
+        hook=SocketConfig(_take(hook, "socket", str, "hook.", DEFAULT_HOOK_SOCKET),
+                          _mode(hook, "hook.", 0o600)),
+        spool_dir=_take(hook, "spool_dir", str, "hook.", f"{state_dir}/spool"),
+        query=SocketConfig(_take(query, "socket", str, "query.", DEFAULT_QUERY_SOCKET),
+                           _mode(query, "query.", 0o666)),
+        flake_locks=tuple(locks),
+        repositories=tuple(repos),
+        log_format=log_format,
+        log_level=log_level,
+        nix_bin_dir=_take(data, "nix_bin_dir", str, "", ""),
+        idle_timeout=_positive(data, "idle_timeout", 10.0),
+    )
+    config.sqlite_path  # noqa: B018 - checks the URL now rather than at first use
+    return config
+
+
+def load_config(path: str | None) -> Config:
+    """The config in ``path``; with no path, the defaults."""
+    if path is None:
+        return parse_config({})
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise BadConfig(f"cannot read config '{path}': {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise BadConfig(f"config '{path}': {e}") from None
+    return parse_config(data)
+
+
+def client_socket(arg: str | None) -> str:
+    """The query socket a client talks to: ``--socket``, else ``BUILDREF_SOCKET``, else the default."""
+    return arg or os.environ.get("BUILDREF_SOCKET") or DEFAULT_QUERY_SOCKET
+
+
+def client_hook_socket(arg: str | None) -> str:
+    return arg or os.environ.get("BUILDREF_HOOK_SOCKET") or DEFAULT_HOOK_SOCKET
+
+
+def ensure_dir(path: str, mode: int = 0o755) -> None:
+    Path(path).mkdir(mode=mode, parents=True, exist_ok=True)

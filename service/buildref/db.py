@@ -1,0 +1,339 @@
+"""The index in SQLite (WAL, synchronous=FULL), through aiosqlite: the one module that writes SQL.
+
+Events are the durable inbox: a hook event is acknowledged only after its row is committed. The
+indexer turns each pending event into derivations (with their inputs, so the closure graph is
+queryable), their outputs, and a build. Every statement is parameterised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import aiosqlite
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    drv TEXT NOT NULL,            -- as received: only trusted once the indexer has read it
+    outs TEXT NOT NULL,           -- OUT_PATHS as received, space separated
+    t REAL NOT NULL,              -- when the hook ran
+    received_at REAL NOT NULL,
+    source TEXT NOT NULL,         -- socket | spool
+    state TEXT NOT NULL,          -- pending | indexed | failed
+    error TEXT,
+    indexed_at REAL,
+    UNIQUE (drv, t)
+);
+CREATE INDEX IF NOT EXISTS events_pending ON events (id) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS derivations (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    system TEXT NOT NULL,
+    fixed_mode TEXT,              -- flat | recursive | text, for fixed-output derivations
+    fixed_hash TEXT,              -- SRI
+    modulo TEXT NOT NULL,         -- hashDerivationModulo, so later closures need not re-read it
+    first_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    drv_id INTEGER NOT NULL REFERENCES derivations (id),
+    name TEXT NOT NULL,
+    path TEXT,                    -- NULL until built for floating, impure and deferred outputs
+    PRIMARY KEY (drv_id, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outputs_path ON outputs (path);
+CREATE TABLE IF NOT EXISTS drv_inputs (
+    drv_id INTEGER NOT NULL REFERENCES derivations (id),
+    input_id INTEGER NOT NULL REFERENCES derivations (id),
+    outputs TEXT NOT NULL,        -- the input's outputs used, space separated
+    PRIMARY KEY (drv_id, input_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS drv_inputs_input ON drv_inputs (input_id);
+CREATE TABLE IF NOT EXISTS src_inputs (
+    drv_id INTEGER NOT NULL REFERENCES derivations (id),
+    path TEXT NOT NULL,
+    PRIMARY KEY (drv_id, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS src_inputs_path ON src_inputs (path);
+CREATE TABLE IF NOT EXISTS builds (
+    event_id INTEGER PRIMARY KEY REFERENCES events (id),
+    drv_id INTEGER NOT NULL REFERENCES derivations (id),
+    built_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS builds_drv ON builds (drv_id);
+CREATE INDEX IF NOT EXISTS builds_time ON builds (built_at);
+CREATE TABLE IF NOT EXISTS build_outputs (
+    event_id INTEGER NOT NULL REFERENCES builds (event_id),
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (event_id, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS build_outputs_path ON build_outputs (path);
+"""
+
+_CHUNK = 500  # stays under SQLite's limit on bound parameters
+
+
+class EventState(Enum):
+    PENDING = "pending"
+    INDEXED = "indexed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event as it arrives; ``error`` set when it was malformed (kept, already failed)."""
+
+    drv: str
+    outs: tuple[str, ...]
+    t: float
+    source: str
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    id: int
+    drv: str
+    outs: tuple[str, ...]
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class DrvRow:
+    """One derivation as the indexer read it from the store."""
+
+    path: str
+    name: str
+    system: str
+    fixed_mode: str | None
+    fixed_hash: str | None
+    modulo: str
+    outputs: tuple[tuple[str, str | None], ...]
+    input_drvs: tuple[tuple[str, str], ...]  # (path, outputs used)
+    input_srcs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRow:
+    event_id: int
+    drv_path: str
+    built_at: float
+    outputs: tuple[tuple[str, str], ...]  # only outputs present in the store
+
+
+class Database:
+    """The index. Open with :meth:`open`; the caller closes it (the service, in one place)."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str) -> Database:
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        db = cls(conn, path)
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = FULL")  # a committed event survives power loss
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute("PRAGMA busy_timeout = 5000")
+        await conn.executescript(_SCHEMA)
+        await conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+        return db
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._conn.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    # -- the inbox
+
+    async def add_events(self, events: Sequence[NewEvent]) -> None:
+        """Commit a group of events in one transaction; duplicates (same drv and time) are one."""
+        now = time.time()
+        rows = [
+            (e.drv, " ".join(e.outs), e.t, now, e.source,
+             EventState.FAILED.value if e.error else EventState.PENDING.value, e.error)
+            for e in events
+        ]
+        await self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            await self._conn.executemany(
+                "INSERT INTO events (drv, outs, t, received_at, source, state, error)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (drv, t) DO NOTHING",
+                rows,
+            )
+        except BaseException:
+            await self._conn.execute("ROLLBACK")
+            raise
+        await self._conn.execute("COMMIT")
+
+    async def pending_events(self, limit: int) -> list[PendingEvent]:
+        rows = await self._rows(
+            "SELECT id, drv, outs, t FROM events WHERE state = 'pending' ORDER BY id LIMIT ?", (limit,)
+        )
+        return [PendingEvent(i, drv, tuple(outs.split()), t) for i, drv, outs, t in rows]
+
+    async def fail_event(self, event_id: int, error: str) -> None:
+        await self._conn.execute(
+            "UPDATE events SET state = 'failed', error = ?, indexed_at = ? WHERE id = ?",
+            (error, time.time(), event_id),
+        )
+
+    # -- derivations
+
+    async def known_modulo(self, paths: Iterable[str]) -> dict[str, str]:
+        """The stored modulo hash of each of ``paths`` already in the index."""
+        found: dict[str, str] = {}
+        wanted = list(paths)
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i:i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for path, modulo in await self._rows(
+                f"SELECT path, modulo FROM derivations WHERE path IN ({marks})", chunk
+            ):
+                found[path] = modulo
+        return found
+
+    async def _ids(self, paths: Iterable[str]) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        wanted = list(paths)
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i:i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for drv_id, path in await self._rows(
+                f"SELECT id, path FROM derivations WHERE path IN ({marks})", chunk
+            ):
+                ids[path] = drv_id
+        return ids
+
+    async def record(self, event_id: int, drvs: Sequence[DrvRow], realised: Sequence[tuple[str, str, str]],
+                     build: BuildRow) -> None:
+        """In one transaction: the new derivations (inputs first or not: ids are looked up after
+        insertion), floating outputs now known (drv, output, path), the build, and the event's state."""
+        now = time.time()
+        conn = self._conn
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            await conn.executemany(
+                "INSERT INTO derivations (path, name, system, fixed_mode, fixed_hash, modulo, first_seen)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO NOTHING",
+                [(d.path, d.name, d.system, d.fixed_mode, d.fixed_hash, d.modulo, now) for d in drvs],
+            )
+            wanted = {build.drv_path, *(d.path for d in drvs), *(p for d in drvs for p, _ in d.input_drvs),
+                      *(drv for drv, _, _ in realised)}
+            ids = await self._ids(wanted)
+            await conn.executemany(
+                "INSERT INTO outputs (drv_id, name, path) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                [(ids[d.path], name, path) for d in drvs for name, path in d.outputs],
+            )
+            await conn.executemany(
+                "INSERT INTO drv_inputs (drv_id, input_id, outputs) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                [(ids[d.path], ids[p], outs) for d in drvs for p, outs in d.input_drvs],
+            )
+            await conn.executemany(
+                "INSERT INTO src_inputs (drv_id, path) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [(ids[d.path], p) for d in drvs for p in d.input_srcs],
+            )
+            await conn.executemany(
+                "UPDATE outputs SET path = ? WHERE drv_id = ? AND name = ? AND path IS NULL",
+                [(path, ids[drv], name) for drv, name, path in realised],
+            )
+            await conn.execute(
+                "INSERT INTO builds (event_id, drv_id, built_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (event_id, ids[build.drv_path], build.built_at),
+            )
+            await conn.executemany(
+                "INSERT INTO build_outputs (event_id, name, path) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                [(event_id, name, path) for name, path in build.outputs],
+            )
+            await conn.execute(
+                "UPDATE events SET state = 'indexed', error = NULL, indexed_at = ? WHERE id = ?",
+                (now, event_id),
+            )
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
+
+    # -- queries
+
+    async def event_counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in EventState}
+        for state, n in await self._rows("SELECT state, count(*) FROM events GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    async def last_event(self) -> dict[str, Any] | None:
+        rows = await self._rows(
+            "SELECT id, drv, t, received_at, source, state, error FROM events ORDER BY id DESC LIMIT 1"
+        )
+        if not rows:
+            return None
+        i, drv, t, received, source, state, error = rows[0]
+        return {"id": i, "drvPath": drv, "t": t, "receivedAt": received, "source": source, "state": state,
+                "error": error}
+
+    async def events_for(self, keys: Sequence[tuple[str, float]]) -> list[tuple[str, float, str, str | None]]:
+        """(drv, t, state, error) of the events with these keys that exist."""
+        found = []
+        for drv, t in keys:
+            found.extend(await self._rows("SELECT drv, t, state, error FROM events WHERE drv = ? AND t = ?",
+                                          (drv, t)))
+        return [(d, t, s, e) for d, t, s, e in found]
+
+    async def failed_events(self, since: float, limit: int) -> list[tuple[int, str, float, str]]:
+        return [tuple(r) for r in await self._rows(
+            "SELECT id, drv, t, error FROM events WHERE state = 'failed' AND received_at >= ?"
+            " ORDER BY id DESC LIMIT ?", (since, limit))]
+
+    async def builds(self, since: float, limit: int) -> list[dict[str, Any]]:
+        rows = await self._rows(
+            "SELECT b.event_id, d.path, d.name, d.system, b.built_at FROM builds b"
+            " JOIN derivations d ON d.id = b.drv_id WHERE b.built_at >= ?"
+            " ORDER BY b.built_at DESC, b.event_id DESC LIMIT ?",
+            (since, limit),
+        )
+        result = []
+        for event_id, path, name, system, built_at in rows:
+            outs = await self._rows(
+                "SELECT name, path FROM build_outputs WHERE event_id = ? ORDER BY name", (event_id,)
+            )
+            result.append({"drvPath": path, "name": name, "system": system, "builtAt": built_at,
+                           "outputs": dict(outs)})
+        return result
+
+    async def derivation_outputs(self, path: str) -> dict[str, str | None] | None:
+        rows = await self._rows(
+            "SELECT o.name, o.path FROM outputs o JOIN derivations d ON d.id = o.drv_id WHERE d.path = ?",
+            (path,),
+        )
+        return dict(rows) if rows else None
+
+    async def counts(self) -> dict[str, int]:
+        result = {}
+        for table in ("derivations", "outputs", "builds"):
+            rows = await self._rows(f"SELECT count(*) FROM {table}")  # fixed names
+            result[table] = rows[0][0]
+        return result
+
+    def size(self) -> int:
+        """Bytes on disk, write-ahead log included."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(self.path + suffix).st_size
+        return total

@@ -1,0 +1,69 @@
+"""The durable inbox: events are committed in groups, and each sender is answered only after the
+commit that holds its event (group commit: under load, one fsync covers many events)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from buildref.db import Database, NewEvent
+
+MAX_GROUP = 2048
+
+_Item = tuple[NewEvent, asyncio.Future[None]]
+
+
+class Inbox:
+    def __init__(self, db: Database, on_commit: Callable[[int], None]) -> None:
+        self._db = db
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._on_commit = on_commit
+        self.received = 0
+        self.groups = 0
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    async def put(self, event: NewEvent) -> None:
+        """Returns once ``event`` is committed; raises if the commit failed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((event, done))
+        await done
+
+    def close(self) -> None:
+        """Commit what is queued, then stop :meth:`run`."""
+        self._queue.put_nowait(None)
+
+    async def run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            group: list[_Item] = []
+            if first is None:
+                stopping = True
+            else:
+                group.append(first)
+            while len(group) < MAX_GROUP and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                else:
+                    group.append(item)
+            if group:
+                await self._commit(group)
+
+    async def _commit(self, group: list[_Item]) -> None:
+        try:
+            await self._db.add_events([event for event, _ in group])
+        except Exception as e:  # every waiter hears of it; the senders spool or retry
+            for _, done in group:
+                if not done.done():
+                    done.set_exception(e)
+            return
+        self.received += len(group)
+        self.groups += 1
+        for _, done in group:
+            if not done.done():
+                done.set_result(None)
+        self._on_commit(len(group))

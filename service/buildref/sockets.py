@@ -1,0 +1,170 @@
+"""Unix sockets: the one place that creates, inherits, serves and connects them.
+
+Server side: sockets handed over by systemd (``LISTEN_FDS``/``LISTEN_FDNAMES``) or created here with
+their mode, ``sd_notify`` written straight to ``NOTIFY_SOCKET``, and a line server with a size limit
+and an idle timeout. Client side: one request line, one answer line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable
+
+from buildref.errors import BadConfig, ServiceUnavailable
+from buildref.protocol import MAX_LINE
+
+SD_LISTEN_FDS_START = 3
+
+# An answer line, or None to close the connection without one.
+LineHandler = Callable[[bytes], Awaitable[bytes | None]]
+TooLongHandler = Callable[[], Awaitable[bytes | None]]
+
+
+def inherited_sockets(environ: dict[str, str] | None = None) -> dict[str, socket.socket]:
+    """Sockets passed by systemd socket activation, by name (``LISTEN_FDNAMES``); the variables are
+    removed so children do not see them."""
+    env = os.environ if environ is None else environ
+    try:
+        pid = int(env.get("LISTEN_PID", "0"))
+        count = int(env.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return {}
+    if count <= 0 or pid != os.getpid():
+        return {}
+    names = env.get("LISTEN_FDNAMES", "").split(":")
+    found = {}
+    for i in range(count):
+        fd = SD_LISTEN_FDS_START + i
+        os.set_inheritable(fd, False)
+        name = names[i] if i < len(names) and names[i] else f"fd{fd}"
+        found[name] = socket.socket(fileno=fd)
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        env.pop(key, None)
+    return found
+
+
+def listen_unix(path: str, mode: int) -> socket.socket:
+    """A listening stream socket at ``path`` with permissions ``mode``; a stale socket file left by
+    a killed service is replaced, anything else at that path is an error."""
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise BadConfig(f"cannot listen on '{path}': it exists and is not a socket")
+        if _answers(path):
+            raise BadConfig(f"cannot listen on '{path}': another service is listening there")
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # bind creates the file with the umask applied; narrow it before anyone can connect
+        old = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, mode)
+        sock.listen(1024)
+    except OSError as e:
+        sock.close()
+        raise BadConfig(f"cannot listen on '{path}': {e.strerror}") from None
+    return sock
+
+
+def _answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def notify(message: str) -> bool:
+    """``sd_notify``: one datagram to ``NOTIFY_SOCKET`` (abstract when it starts with ``@``)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    target = "\0" + address[1:] if address.startswith("@") else address
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), target)
+        except OSError:
+            return False
+    return True
+
+
+async def serve_lines(sock: socket.socket, handle: LineHandler, too_long: TooLongHandler,
+                      idle_timeout: float, on_error: Callable[[str], None]) -> asyncio.Server:
+    """Serve connections on ``sock``: each line gets ``handle``'s answer. A line over
+    :data:`MAX_LINE` gets ``too_long``'s answer and the connection is closed; so is a connection
+    idle for ``idle_timeout`` seconds."""
+
+    async def answer(writer: asyncio.StreamWriter, reply: bytes | None) -> bool:
+        if reply is None:
+            return False
+        writer.write(reply)
+        await writer.drain()
+        return True
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await asyncio.wait_for(reader.readuntil(b"\n"), idle_timeout)
+                except asyncio.IncompleteReadError as e:
+                    if e.partial.strip():  # a last line without its newline still counts
+                        await answer(writer, await handle(e.partial))
+                    return
+                except asyncio.LimitOverrunError:
+                    await answer(writer, await too_long())
+                    return
+                except TimeoutError:
+                    on_error(f"closed a connection idle for {idle_timeout:.0f} s")
+                    return
+                if not await answer(writer, await handle(line)):
+                    return
+        except (ConnectionError, OSError) as e:
+            on_error(f"connection dropped: {e}")
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    sock.setblocking(False)
+    return await asyncio.start_unix_server(connection, sock=sock, limit=MAX_LINE)
+
+
+def request(path: str, line: bytes, timeout: float) -> bytes:
+    """Send one line to the socket at ``path`` and return the one-line answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError as e:
+            raise ServiceUnavailable(f"cannot reach buildref at {path}: {e.strerror or e}") from None
+        try:
+            sock.sendall(line)
+            chunks = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if chunk.endswith(b"\n"):
+                    break
+        except TimeoutError:
+            raise ServiceUnavailable(f"buildref at {path} did not answer within {timeout:.0f} s") from None
+        except OSError as e:
+            raise ServiceUnavailable(f"buildref at {path}: {e.strerror or e}") from None
+    answer = b"".join(chunks)
+    if not answer.endswith(b"\n"):
+        raise ServiceUnavailable(f"buildref at {path} closed the connection without an answer")
+    return answer

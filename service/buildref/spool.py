@@ -1,0 +1,87 @@
+"""The spool directory: events the hook wrote to disk while the service was unreachable.
+
+Drained at start and whenever a file lands there (watchdog); a file is removed only after its
+event is committed, so a crash mid-drain loses nothing (a second copy is the same event, kept once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+SUFFIX = ".json"
+
+Accept = Callable[[bytes], Awaitable[None]]
+
+
+def spooled(spool_dir: str) -> list[str]:
+    """The complete spool files, oldest first (names start with the hook's time)."""
+    try:
+        names = os.listdir(spool_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(os.path.join(spool_dir, n) for n in names if n.endswith(SUFFIX) and not n.startswith("."))
+
+
+class Spool:
+    def __init__(self, spool_dir: str, accept: Accept) -> None:
+        self.dir = spool_dir
+        self._accept = accept
+        self._wake = asyncio.Event()
+        self._observer: BaseObserver | None = None
+        self.drained = 0
+        self._log = structlog.get_logger("buildref.spool")
+
+    def start_watching(self, loop: asyncio.AbstractEventLoop) -> None:
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        wake = self._wake
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type in ("created", "moved", "modified"):
+                    loop.call_soon_threadsafe(wake.set)
+
+        observer = Observer()
+        observer.schedule(Handler(), self.dir, recursive=False)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def stop_watching(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    async def run(self) -> None:
+        """Drain now, then again after every change in the directory (until cancelled)."""
+        while True:
+            self._wake.clear()
+            await self.drain()
+            await self._wake.wait()
+
+    async def drain(self) -> int:
+        count = 0
+        for path in spooled(self.dir):
+            try:
+                with open(path, "rb") as f:
+                    line = f.read()
+            except FileNotFoundError:
+                continue  # drained by an earlier pass
+            except OSError as e:
+                self._log.error("unreadable spool file", path=path, error=str(e))
+                continue
+            await self._accept(line)  # commits the event, or keeps it as failed with its error
+            os.unlink(path)
+            count += 1
+        self.drained += count
+        if count:
+            self._log.info("spool drained", events=count)
+        return count
+

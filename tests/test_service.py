@@ -1,0 +1,191 @@
+"""The hook, the service and its index, end to end with real Nix builds (single-user: root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from buildsets import build_set, flake_repo, salt
+from helpers import Nix, assert_error_line
+from servicectl import ServiceProcess, nix_build_json, run_hook, wait_for
+
+
+@pytest.fixture(scope="module")
+def system(nix: Nix) -> str:
+    value = nix.eval_json("builtins.currentSystem")
+    assert isinstance(value, str)
+    return value
+
+
+@pytest.fixture
+def service() -> Iterator[ServiceProcess]:
+    svc = ServiceProcess()
+    try:
+        yield svc.start()
+    finally:
+        svc.close()
+
+
+def buildref_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "buildref", *args], capture_output=True, check=False,
+                          env={**os.environ, **(env or {})})
+
+
+def assert_recorded(service: ServiceProcess, built: list[dict[str, object]]) -> None:
+    """Each build ``nix build --json`` printed is in the index with exactly those outputs."""
+    recorded = service.builds()
+    for item in built:
+        drv = item["drvPath"]
+        assert isinstance(drv, str)
+        assert recorded.get(drv) == item["outputs"], (drv, recorded.get(drv), service.log_text())
+
+
+def test_builds_are_recorded_with_their_outputs(nix: Nix, service: ServiceProcess, system: str,
+                                                tmp_path: Path) -> None:
+    env = service.nix_env(nix.env)
+    nix_file = build_set(tmp_path, system)
+    built = nix_build_json(env, "-f", str(nix_file), "multi", "fod", "chain3")
+    repo = flake_repo(tmp_path, system)
+    built += nix_build_json(env, f"git+file://{repo}")
+    service.wait_idle()
+    assert_recorded(service, built)
+
+    # the chain's inputs were built too, each reported by its own hook run
+    chain = {d: o for d, o in service.builds().items() if "-chain" in d}
+    assert len(chain) == 3
+    status = service.call("status")
+    assert status["events"]["failed"] == 0
+    assert status["events"]["indexed"] == status["events"]["received"] >= 6
+
+    with service.db() as db:
+        # the closure graph: chain3 -> chain2 -> chain1, chain3 -> multi (dev only)
+        rows = db.execute(
+            "SELECT d.name, i.name, e.outputs FROM drv_inputs e JOIN derivations d ON d.id = e.drv_id"
+            " JOIN derivations i ON i.id = e.input_id").fetchall()
+        assert {("chain3", "chain2", "out"), ("chain2", "chain1", "out"), ("chain3", "multi", "dev")} <= set(rows)
+        fod = db.execute("SELECT fixed_mode, fixed_hash FROM derivations WHERE name = 'fod'").fetchone()
+        assert fod[0] == "flat" and fod[1].startswith("sha256-")
+        # the flake's derivation uses the flake's source as an input source
+        srcs = db.execute("SELECT s.path FROM src_inputs s JOIN derivations d ON d.id = s.drv_id"
+                          " WHERE d.name = 'from-flake'").fetchall()
+        assert any(p.endswith("-source") for (p,) in srcs)
+
+    # one log line per build, with the drv and its timing
+    indexed = [line for line in service.log_lines() if line.get("event") == "indexed"]
+    assert {line["drv"] for line in indexed} >= {item["drvPath"] for item in built}
+    assert all(isinstance(line["ms"], float | int) for line in indexed)
+
+
+def test_content_addressed_outputs_come_from_nix(nix: Nix, service: ServiceProcess, system: str,
+                                                 tmp_path: Path) -> None:
+    s = salt()
+    (tmp_path / "ca.nix").write_text(f"""rec {{
+  ca = derivation {{ name = "ca"; system = "{system}"; builder = "/bin/sh"; args = ["-c" "echo {s} > $out"];
+         __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; }};
+  user = derivation {{ name = "user"; system = "{system}"; builder = "/bin/sh";
+         args = ["-c" "read x < ${{ca}}; echo $x > $out"]; }};
+}}""")
+    built = nix_build_json(service.nix_env(nix.env), "-f", str(tmp_path / "ca.nix"), "ca", "user")
+    service.wait_idle()
+    assert_recorded(service, built)
+    log = service.log_text()
+    assert "realisation key mismatch" not in log and "no realisations" not in log
+
+
+def test_sockets_modes_and_config_errors(service: ServiceProcess, tmp_path: Path) -> None:
+    assert stat.S_IMODE(os.stat(service.hook_socket).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(service.query_socket).st_mode) == 0o666
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('stat_dir = "/tmp/x"\n')
+    assert_error_line(buildref_cli("serve", "--config", str(bad)), "unknown config key stat_dir")
+    bad.write_text('[hook]\nmode = "rw"\n')
+    assert_error_line(buildref_cli("serve", "--config", str(bad)), "hook.mode")
+    bad.write_text('database = "postgresql://x/y"\n')
+    assert_error_line(buildref_cli("serve", "--config", str(bad)), "only sqlite")
+    # a second service on the same sockets refuses to start, and the first keeps serving
+    second = ServiceProcess(service.base)
+    second.start(wait=False)
+    assert second.proc is not None and second.proc.wait(timeout=20) == 1
+    assert "another service is listening" in second.log_text()
+    assert service.call("status")["pid"] != second.proc.pid
+
+
+def test_status_and_builds_cli(nix: Nix, service: ServiceProcess, system: str, tmp_path: Path) -> None:
+    built = nix_build_json(service.nix_env(nix.env), "-f", str(build_set(tmp_path, system)), "multi")
+    service.wait_idle()
+    env = {"BUILDREF_SOCKET": str(service.query_socket)}
+    status = json.loads(buildref_cli("status", "--json", env=env).stdout)
+    assert status["events"]["indexed"] == 1 and status["spoolFiles"] == 0
+    assert status["database"]["derivations"] == 1 and status["database"]["bytes"] > 0
+    assert status["lastEvent"]["drvPath"] == built[0]["drvPath"]
+    text = buildref_cli("status", "--socket", str(service.query_socket)).stdout.decode()
+    assert "1 indexed" in text
+    builds = json.loads(buildref_cli("builds", "--json", "--since", "10m", env=env).stdout)
+    assert [b["outputs"] for b in builds] == [built[0]["outputs"]]
+    assert json.loads(buildref_cli("builds", "--json", "--since", "2999-01-01", env=env).stdout) == []
+    lines = buildref_cli("builds", env=env).stdout.decode().splitlines()
+    assert len(lines) == 1 and built[0]["drvPath"] in lines[0]
+    gone = buildref_cli("status", "--socket", str(tmp_path / "nothing.sock"))
+    assert_error_line(gone, "cannot reach buildref")
+
+
+def test_import_records_earlier_builds(nix: Nix, system: str, tmp_path: Path) -> None:
+    nix_file = build_set(tmp_path, system)
+    built = nix_build_json(nix.env, "-f", str(nix_file), "chain3", "fod")  # no hook: service not there
+    (tmp_path / "later.nix").write_text(
+        f'derivation {{ name = "later"; system = "{system}"; builder = "/bin/sh"; salt = "{salt()}"; }}')
+    unbuilt = nix.instantiate(tmp_path / "later.nix")[0]  # instantiated, never built
+    svc = ServiceProcess().start()
+    try:
+        env = {"BUILDREF_SOCKET": str(svc.query_socket), "BUILDREF_HOOK_SOCKET": str(svc.hook_socket)}
+        drvs = [str(b["drvPath"]) for b in built]
+        proc = buildref_cli("import", *drvs, unbuilt, env=env)
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert "3 of 3 derivations recorded" in proc.stderr.decode()
+        recorded = svc.builds()
+        for b in built:
+            assert recorded[str(b["drvPath"])] == b["outputs"]
+        assert recorded[unbuilt] == {}  # its outputs are not in the store
+        with svc.db() as db:  # chain3's inputs came along, though only chain3 was imported
+            names = {n for (n,) in db.execute("SELECT name FROM derivations")}
+        assert {"chain1", "chain2", "chain3", "multi", "fod"} <= names
+        bad = buildref_cli("import", "/nix/store/not-a-drv", env=env)
+        assert_error_line(bad, "not a store path")
+    finally:
+        svc.close()
+
+
+def test_hook_exits_zero_and_says_why_when_it_cannot_deliver(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    # no service and a spool "directory" that is a file: nothing can be done, yet the exit is 0
+    proc = run_hook({"BUILDREF_HOOK_SOCKET": str(tmp_path / "none.sock"),
+                     "BUILDREF_SPOOL_DIR": str(blocker / "spool")}, "/nix/store/x.drv")
+    assert proc.returncode == 0
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and "LOST" in err
+    # a socket that accepts and never answers: bounded by BUILDREF_HOOK_TIMEOUT, then spooled
+    import socket
+    import time
+
+    path = tmp_path / "mute.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mute:
+        mute.bind(str(path))
+        mute.listen(1)
+        start = time.monotonic()
+        proc = run_hook({"BUILDREF_HOOK_SOCKET": str(path), "BUILDREF_SPOOL_DIR": str(tmp_path / "spool"),
+                         "BUILDREF_HOOK_TIMEOUT": "0.3"}, "/nix/store/x.drv")
+        elapsed = time.monotonic() - start
+    assert proc.returncode == 0 and elapsed < 3
+    assert "spooled" in proc.stderr.decode()
+    files = list((tmp_path / "spool").iterdir())
+    assert len(files) == 1 and json.loads(files[0].read_text())["drv"] == "/nix/store/x.drv"
+    wait_for(lambda: True)
