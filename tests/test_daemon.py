@@ -1,8 +1,10 @@
-"""Multi-user topology: a real nix-daemon (root) writes the derivations, an unprivileged user
-instantiates through it and runs buildref on the results and on a repository root owns."""
+"""Multi-user topology, as on NixOS: a real nix-daemon (root) runs the builds and our hook after
+each one, talking to a real buildref service; an unprivileged user builds through the daemon,
+queries the service, and runs buildref on what the daemon wrote and on a repository root owns."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -15,18 +17,21 @@ from pathlib import Path
 
 import pytest
 
+from buildsets import build_set, flake_repo
 from drvsets import DrvSet
 from gitrepos import RandomRepo
 from helpers import NIX_CONFIG, Nix
+from servicectl import ServiceProcess
 
 USER = "nobody"
 UID, GID = pwd.getpwnam(USER).pw_uid, pwd.getpwnam(USER).pw_gid
 
 
 class Daemon:
-    def __init__(self, socket: Path, home: Path) -> None:
+    def __init__(self, socket: Path, home: Path, service: ServiceProcess) -> None:
         self.socket = socket
         self.home = home
+        self.service = service
 
     def as_user(self, *argv: str) -> subprocess.CompletedProcess[bytes]:
         """Run ``argv`` as the unprivileged user, talking to this daemon."""
@@ -47,7 +52,10 @@ def daemon(nix: Nix) -> Iterator[Daemon]:
     home.mkdir()
     shutil.chown(home, USER)
     socket = base / "socket"
-    env = {**nix.env, "NIX_CONFIG": NIX_CONFIG + "\nallowed-users = *", "NIX_DAEMON_SOCKET_PATH": str(socket)}
+    service = ServiceProcess().start()
+    # the daemon runs the hook, as root, after every build it does
+    env = {**service.nix_env(nix.env), "NIX_DAEMON_SOCKET_PATH": str(socket)}
+    env["NIX_CONFIG"] += "\nallowed-users = *"
     proc = subprocess.Popen(["nix-daemon"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 20
     while not socket.exists():
@@ -56,10 +64,11 @@ def daemon(nix: Nix) -> Iterator[Daemon]:
             pytest.fail(f"nix-daemon did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
         time.sleep(0.05)
     try:
-        yield Daemon(socket, home)
+        yield Daemon(socket, home, service)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        service.close()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -98,3 +107,35 @@ def test_any_user_hashes_any_users_repository(nix: Nix, daemon: Daemon, tmp_path
         assert as_root == as_user
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _own(path: Path) -> None:
+    for p in [path, *path.rglob("*")]:
+        os.lchown(p, UID, GID)
+
+
+def test_daemon_builds_are_recorded_through_the_hook(daemon: Daemon) -> None:
+    """The user builds through the daemon; the daemon's hook (root) reaches the service; the user
+    reads the answer through the query socket (mode 0666)."""
+    current = ("nix", "eval", "--raw", "--impure", "--expr", "builtins.currentSystem")
+    system = _ok(daemon.as_user(*current)).decode()
+    work = daemon.home / "work"
+    work.mkdir()
+    nix_file = build_set(work, system)
+    repo = flake_repo(work, system)
+    _own(work)
+    drvs = _ok(daemon.as_user("nix-instantiate", str(nix_file), "-A", "multi", "-A", "fod", "-A", "chain3"))
+    built = json.loads(_ok(daemon.as_user("nix", "build", "--json", "--no-link", *drvs.decode().split())))
+    built += json.loads(_ok(daemon.as_user("nix", "build", "--json", "--no-link", f"git+file://{repo}")))
+    service = daemon.service
+    service.wait_idle()
+    answer = daemon.as_user(sys.executable, "-m", "buildref", "builds", "--json", "--socket",
+                            str(service.query_socket))
+    recorded = {b["drvPath"]: b["outputs"] for b in json.loads(_ok(answer))}
+    for item in built:
+        assert recorded[item["drvPath"]] == item["outputs"], service.log_text()
+    assert service.call("status")["events"]["failed"] == 0
+    # the hook socket stays root's: the user cannot send events
+    refused = daemon.as_user(sys.executable, "-m", "buildref", "import", drvs.decode().split()[0],
+                             "--hook-socket", str(service.hook_socket), "--socket", str(service.query_socket))
+    assert refused.returncode == 1 and b"Permission denied" in refused.stderr

@@ -69,7 +69,8 @@ def test_builds_are_recorded_with_their_outputs(nix: Nix, service: ServiceProces
         rows = db.execute(
             "SELECT d.name, i.name, e.outputs FROM drv_inputs e JOIN derivations d ON d.id = e.drv_id"
             " JOIN derivations i ON i.id = e.input_id").fetchall()
-        assert {("chain3", "chain2", "out"), ("chain2", "chain1", "out"), ("chain3", "multi", "dev")} <= set(rows)
+        edges = {("chain3", "chain2", "out"), ("chain2", "chain1", "out"), ("chain3", "multi", "dev")}
+        assert edges <= set(rows)
         fod = db.execute("SELECT fixed_mode, fixed_hash FROM derivations WHERE name = 'fod'").fetchone()
         assert fod[0] == "flat" and fod[1].startswith("sha256-")
         # the flake's derivation uses the flake's source as an input source
@@ -140,9 +141,7 @@ def test_status_and_builds_cli(nix: Nix, service: ServiceProcess, system: str, t
 def test_import_records_earlier_builds(nix: Nix, system: str, tmp_path: Path) -> None:
     nix_file = build_set(tmp_path, system)
     built = nix_build_json(nix.env, "-f", str(nix_file), "chain3", "fod")  # no hook: service not there
-    (tmp_path / "later.nix").write_text(
-        f'derivation {{ name = "later"; system = "{system}"; builder = "/bin/sh"; salt = "{salt()}"; }}')
-    unbuilt = nix.instantiate(tmp_path / "later.nix")[0]  # instantiated, never built
+    unbuilt = nix.instantiate(_salted(tmp_path, system))[0]  # instantiated, never built
     svc = ServiceProcess().start()
     try:
         env = {"BUILDREF_SOCKET": str(svc.query_socket), "BUILDREF_HOOK_SOCKET": str(svc.hook_socket)}
@@ -189,3 +188,36 @@ def test_hook_exits_zero_and_says_why_when_it_cannot_deliver(tmp_path: Path) -> 
     files = list((tmp_path / "spool").iterdir())
     assert len(files) == 1 and json.loads(files[0].read_text())["drv"] == "/nix/store/x.drv"
     wait_for(lambda: True)
+
+
+def test_service_down_builds_spool_and_are_recorded_at_start(nix: Nix, system: str, tmp_path: Path) -> None:
+    svc = ServiceProcess()  # configured, not running
+    try:
+        env = svc.nix_env(nix.env)
+        built = nix_build_json(env, "-f", str(build_set(tmp_path, system)), "chain3", "fod")
+        assert len(list(svc.spool.glob("*.json"))) == 5  # chain1-3, multi, fod: builds still succeeded
+        svc.start()
+        status = svc.wait_idle()
+        assert status["events"] == {"received": 5, "indexed": 5, "failed": 0, "pending": 0}
+        assert_recorded(svc, built)
+        assert not list(svc.spool.iterdir())
+
+        # while it runs, a file landing in the spool is picked up without a restart (watchdog)
+        later = nix.instantiate(_salted(tmp_path, system))[0]
+        proc = run_hook({"BUILDREF_HOOK_SOCKET": str(svc.base / "elsewhere.sock"),
+                         "BUILDREF_SPOOL_DIR": str(svc.spool)}, later)
+        assert proc.returncode == 0 and "spooled" in proc.stderr.decode()
+        wait_for(lambda: later in svc.builds(), what="the spooled event to be recorded")
+        assert not list(svc.spool.glob("*.json"))
+        with svc.db() as db:
+            sources = dict(db.execute("SELECT drv, source FROM events").fetchall())
+        assert sources[later] == "spool"
+    finally:
+        svc.close()
+
+
+def _salted(directory: Path, system: str) -> Path:
+    path = directory / f"one-{salt()}.nix"
+    path.write_text(f'derivation {{ name = "one"; system = "{system}"; builder = "/bin/sh"; '
+                    f'salt = "{salt()}"; }}')
+    return path

@@ -7,10 +7,11 @@ queryable), their outputs, and a build. Every statement is parameterised.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -137,6 +138,20 @@ class Database:
     def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
         self._conn = conn
         self.path = path
+        # One connection, shared by the inbox and the indexer: a write transaction must not let
+        # another task's statements in between its BEGIN and COMMIT.
+        self._writing = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._writing:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
 
     @classmethod
     async def open(cls, path: str) -> Database:
@@ -169,17 +184,12 @@ class Database:
              EventState.FAILED.value if e.error else EventState.PENDING.value, e.error)
             for e in events
         ]
-        await self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            await self._conn.executemany(
+        async with self._transaction() as conn:
+            await conn.executemany(
                 "INSERT INTO events (drv, outs, t, received_at, source, state, error)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (drv, t) DO NOTHING",
                 rows,
             )
-        except BaseException:
-            await self._conn.execute("ROLLBACK")
-            raise
-        await self._conn.execute("COMMIT")
 
     async def pending_events(self, limit: int) -> list[PendingEvent]:
         rows = await self._rows(
@@ -188,10 +198,11 @@ class Database:
         return [PendingEvent(i, drv, tuple(outs.split()), t) for i, drv, outs, t in rows]
 
     async def fail_event(self, event_id: int, error: str) -> None:
-        await self._conn.execute(
-            "UPDATE events SET state = 'failed', error = ?, indexed_at = ? WHERE id = ?",
-            (error, time.time(), event_id),
-        )
+        async with self._transaction() as conn:
+            await conn.execute(
+                "UPDATE events SET state = 'failed', error = ?, indexed_at = ? WHERE id = ?",
+                (error, time.time(), event_id),
+            )
 
     # -- derivations
 
@@ -225,9 +236,7 @@ class Database:
         """In one transaction: the new derivations (inputs first or not: ids are looked up after
         insertion), floating outputs now known (drv, output, path), the build, and the event's state."""
         now = time.time()
-        conn = self._conn
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction() as conn:
             await conn.executemany(
                 "INSERT INTO derivations (path, name, system, fixed_mode, fixed_hash, modulo, first_seen)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO NOTHING",
@@ -264,10 +273,6 @@ class Database:
                 "UPDATE events SET state = 'indexed', error = NULL, indexed_at = ? WHERE id = ?",
                 (now, event_id),
             )
-        except BaseException:
-            await conn.execute("ROLLBACK")
-            raise
-        await conn.execute("COMMIT")
 
     # -- queries
 

@@ -27,6 +27,7 @@ from buildref.nix.storepath import StorePath, output_path_name
 from buildref.nixcmd import Nix
 
 BATCH = 64
+RETRY_DELAY = 1.0
 _MAX_MISMATCHES = 3
 
 
@@ -113,7 +114,12 @@ class Indexer:
             self.busy = True
             try:
                 for event in events:
-                    await self.index(event)
+                    try:
+                        await self.index(event)
+                    except Exception:  # the database itself failed: keep the event, retry later
+                        self._log.exception("indexing failed; retrying later", drv=event.drv)
+                        await asyncio.sleep(RETRY_DELAY)
+                        break
             finally:
                 self.busy = False
 
