@@ -221,3 +221,25 @@ def _salted(directory: Path, system: str) -> Path:
     path.write_text(f'derivation {{ name = "one"; system = "{system}"; builder = "/bin/sh"; '
                     f'salt = "{salt()}"; }}')
     return path
+
+
+def test_shared_inputs_are_read_once(nix: Nix, service: ServiceProcess, system: str, tmp_path: Path) -> None:
+    """Six layers of three derivations, each using all three below: 3^6 paths through the graph,
+    19 derivations. The closure walk must see each once (a bench once ran out of memory here)."""
+    s = salt()
+    layers = ["[ ]"]
+    for depth in range(6):
+        below = layers[-1]
+        layers.append("[ " + " ".join(
+            f'(derivation {{ name = "l{depth}-{i}"; system = "{system}"; builder = "/bin/sh"; '
+            f'salt = "{s}"; deps = {below}; }})' for i in range(3)) + " ]")
+    path = tmp_path / "diamonds.nix"
+    path.write_text(f"""let l = {layers[-1]}; in derivation {{
+  name = "apex"; system = "{system}"; builder = "/bin/sh"; salt = "{s}"; deps = l; }}""")
+    apex = nix.instantiate(path)[0]
+    proc = buildref_cli("import", apex, env={"BUILDREF_SOCKET": str(service.query_socket),
+                                             "BUILDREF_HOOK_SOCKET": str(service.hook_socket)})
+    assert proc.returncode == 0, proc.stderr.decode()
+    line = next(x for x in service.log_lines() if x.get("event") == "indexed" and x["drv"] == apex)
+    assert line["new_derivations"] == 19
+    assert service.call("status")["database"]["derivations"] == 19

@@ -167,7 +167,7 @@ class Indexer:
         frontier = [top]
         while frontier:
             inputs = await asyncio.to_thread(_inputs_of, reader, frontier)
-            fresh = [p for p in inputs if p not in seen]
+            fresh = [p for p in dict.fromkeys(inputs) if p not in seen]  # shared inputs once
             seen.update(fresh)
             if not fresh:
                 break
