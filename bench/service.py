@@ -123,8 +123,14 @@ async def _protocol_rate(hook_socket: str, drvs: list[str], n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def _ratio(label: str, ours: float, reference: float, reference_name: str, goal: float) -> None:
+    print(f"{label:<44} buildref {ours * 1000:8.2f} ms   {reference_name} {reference * 1000:8.2f} ms"
+          f"   ratio {ours / reference:5.2f}  (goal <= {goal})")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hooks", type=int, default=200, help="sequential hook runs per measurement")
     parser.add_argument("--events", type=int, default=20000, help="events for the protocol ingest rate")
     parser.add_argument("--derivations", type=int, default=5000)
@@ -153,8 +159,7 @@ def main() -> None:
             cold.append(svc.index_times()[0])
             svc.stop()
         ours = statistics.median(cold)
-        print(f"{'index cold closure (' + str(len(drvs)) + ' drvs)':<44} service {ours * 1000:8.1f} ms"
-              f"   nix show-derivation -r {nix_time * 1000:8.1f} ms   ratio {ours / nix_time:5.2f}  (goal <= 1.5)")
+        _ratio(f"index cold closure ({len(drvs)} drvs)", ours, nix_time, "nix show-derivation -r", 1.5)
 
         # 1. hook wall time
         svc = Service(tmp / "live")
@@ -168,10 +173,8 @@ def main() -> None:
                     "BUILDREF_SPOOL_DIR": str(down_spool)}
         down = _wall([HOOK], down_env, args.hooks)
         assert len(list(down_spool.iterdir())) == args.hooks
-        print(f"{'hook, service live':<44} hook    {live * 1000:8.2f} ms   python3 -I -S -c pass "
-              f"{floor * 1000:8.2f} ms   ratio {live / floor:5.2f}  (goal <= 1.3)")
-        print(f"{'hook, service down (spooled, fsynced)':<44} hook    {down * 1000:8.2f} ms   python3 -I -S -c pass "
-              f"{floor * 1000:8.2f} ms   ratio {down / floor:5.2f}  (goal <= 1.5)")
+        _ratio("hook, service live", live, floor, "python3 -I -S -c pass", 1.3)
+        _ratio("hook, service down (spooled, fsynced)", down, floor, "python3 -I -S -c pass", 1.5)
 
         # 2. sustained ingest, 16 concurrent
         n = args.hooks * 5

@@ -60,6 +60,21 @@ def test_parse_print_is_byte_identical(drv_sets: dict[int, list[str]], seed: int
         assert print_drv(parse(data, "x")) == data, path
 
 
+def test_canonical_files_hash_without_decoding(drv_sets: dict[int, list[str]]) -> None:
+    """The shortcut for files Nix printed (splice the input hashes into the file's own bytes)
+    gives the modulo hash that printing the decoded derivation gives, for every random drv; and
+    the files it cannot take (non-canonical escapes, DrvWithVersion) exist and take the long way."""
+    reader = DrvReader()
+    fast = DrvHasher(reader.load, split=reader.split)
+    slow = DrvHasher(reader.load)
+    canonical = 0
+    paths = [p for roots in drv_sets.values() for p in _closure(roots)]
+    for path in paths:
+        assert fast.path_modulo(path) == slow.path_modulo(path), path
+        canonical += reader.split(path)[1].canonical
+    assert 0 < canonical < len(paths)
+
+
 def _all_drvs(drv_sets: dict[int, list[str]]) -> Iterator[tuple[str, bytes]]:
     for roots in drv_sets.values():
         for path in _closure(roots):

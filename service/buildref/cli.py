@@ -117,7 +117,7 @@ def cmd_drv_verify(args: argparse.Namespace) -> int:
     from buildref.nix.drvhash import DrvHasher, verify
 
     reader = DrvReader(args.store_dir or default_store_dir())
-    hasher = DrvHasher(reader.load, reader.store_dir)
+    hasher = DrvHasher(reader.load, reader.store_dir, reader.split)
     paths = reader.select(args.drvs, args.recursive)
     results: list[VerifyJson] = []
     failed = 0

@@ -82,6 +82,7 @@ CREATE INDEX IF NOT EXISTS build_outputs_path ON build_outputs (path);
 """
 
 _CHUNK = 500  # stays under SQLite's limit on bound parameters
+_EVENTS_PER_STATEMENT = 500  # 7 parameters each
 
 
 class EventState(Enum):
@@ -184,12 +185,16 @@ class Database:
              EventState.FAILED.value if e.error else EventState.PENDING.value, e.error)
             for e in events
         ]
-        async with self._transaction() as conn:
-            await conn.executemany(
-                "INSERT INTO events (drv, outs, t, received_at, source, state, error)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (drv, t) DO NOTHING",
-                rows,
-            )
+        # One statement per group (no BEGIN/COMMIT round trips): the ack waits on this.
+        async with self._writing:
+            for i in range(0, len(rows), _EVENTS_PER_STATEMENT):
+                chunk = rows[i:i + _EVENTS_PER_STATEMENT]
+                values = ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+                await self._conn.execute(
+                    "INSERT INTO events (drv, outs, t, received_at, source, state, error)"
+                    f" VALUES {values} ON CONFLICT (drv, t) DO NOTHING",
+                    [field for row in chunk for field in row],
+                )
 
     async def pending_events(self, limit: int) -> list[PendingEvent]:
         rows = await self._rows(

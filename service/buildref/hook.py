@@ -7,8 +7,8 @@ build. The event is delivered when the service answers a line (``ok``, or ``erro
 event it kept as failed); otherwise it is written atomically into the spool directory.
 """
 
+import _socket  # the socket module's enums and selectors would double the hook's start-up time
 import os
-import socket
 import sys
 import time
 
@@ -43,7 +43,8 @@ def encode_event(drv: str, outs: list[str], t: float) -> bytes:
 
 def deliver(line: bytes, path: str, timeout: float) -> str:
     """Send one event line; the service's one-line answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
         sock.settimeout(timeout)
         sock.connect(path)
         sock.sendall(line)
@@ -53,6 +54,8 @@ def deliver(line: bytes, path: str, timeout: float) -> str:
             if not chunk:
                 raise ConnectionError("the service closed the connection without an answer")
             reply += chunk
+    finally:
+        sock.close()
     return reply.decode(errors="replace").strip()
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from buildref.db import Database, NewEvent
 
-MAX_GROUP = 2048
+MAX_GROUP = 500  # one INSERT statement per group (see Database.add_events)
 
 _Item = tuple[NewEvent, asyncio.Future[None]]
 

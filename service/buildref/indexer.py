@@ -21,9 +21,9 @@ import structlog
 from buildref.db import BuildRow, Database, DrvRow, PendingEvent
 from buildref.errors import BadDerivation, BuildrefError
 from buildref.localstore import DrvReader
-from buildref.nix.derivation import Derivation, OutputKind
-from buildref.nix.drvhash import DrvHash, DrvHasher, drv_path, verify
-from buildref.nix.storepath import StorePath, output_path_name
+from buildref.nix.derivation import Derivation, Output, OutputKind
+from buildref.nix.drvhash import DrvHash, DrvHasher, verify
+from buildref.nix.storepath import StorePath, output_path_name, text_path
 from buildref.nixcmd import Nix
 
 BATCH = 64
@@ -39,10 +39,10 @@ class Computed:
     masked: DrvHash | None  # the realisation key of floating and deferred outputs
 
 
-def _fixed(drv: Derivation) -> tuple[str | None, str | None]:
-    if not drv.is_fixed_output:
+def _fixed(outputs: tuple[Output, ...]) -> tuple[str | None, str | None]:
+    if len(outputs) != 1 or outputs[0].kind is not OutputKind.FIXED:
         return None, None
-    out = drv.outputs[0]
+    out = outputs[0]
     if out.hash_algo.startswith("text:"):
         return "text", None
     return ("recursive" if out.hash_algo.startswith("r:") else "flat"), out.fixed_hash.sri
@@ -50,26 +50,30 @@ def _fixed(drv: Derivation) -> tuple[str | None, str | None]:
 
 def compute(reader: DrvReader, top: str, new: list[str], known: dict[str, str]) -> Computed:
     """The pure part of indexing (runs in a thread): new derivations' rows and the top's outputs."""
-    hasher = DrvHasher(reader.load, reader.store_dir)
+    hasher = DrvHasher(reader.load, reader.store_dir, reader.split)
     for path, modulo in known.items():
         hasher.remember(path, DrvHash.decode(modulo))
     rows = []
+    store_dir = reader.store_dir
     for path in new:
-        data, drv = reader.read(path)
-        own = drv_path(data, drv, reader.store_dir)
+        # only the parts hashing and the index need: the environment stays undecoded
+        data, sections = reader.split(path)
+        name = path[len(store_dir) + 34:-4]  # <store>/<32-char hash>-<name>.drv, checked by split
+        references = sorted({*sections.input_srcs, *(p for p, _ in sections.input_drvs)})
+        own = text_path(data, name + ".drv", references, store_dir)
         if own != path:
             raise BadDerivation(f"{path}: its contents belong at {own}: the store is corrupt")
-        mode, fixed_hash = _fixed(drv)
+        mode, fixed_hash = _fixed(sections.outputs)
         rows.append(DrvRow(
             path=path,
-            name=drv.name,
-            system=drv.system.decode(errors="replace"),
+            name=name,
+            system=sections.system.decode(errors="replace"),
             fixed_mode=mode,
             fixed_hash=fixed_hash,
             modulo=hasher.path_modulo(path).encode(),
-            outputs=tuple((o.name, o.path or None) for o in drv.outputs),
-            input_drvs=tuple((p, " ".join(node.outputs)) for p, node in drv.input_drvs),
-            input_srcs=drv.input_srcs,
+            outputs=tuple((o.name, o.path or None) for o in sections.outputs),
+            input_drvs=tuple((p, " ".join(node.outputs)) for p, node in sections.input_drvs),
+            input_srcs=sections.input_srcs,
         ))
     data, drv = reader.read(top)
     mismatches = verify(top, data, drv, hasher)
@@ -217,7 +221,7 @@ class Indexer:
 def _inputs_of(reader: DrvReader, paths: list[str]) -> list[str]:
     result: list[str] = []
     for path in paths:
-        result.extend(reader.inputs(path))
+        result.extend(reader.parsed_inputs(path))  # new ones are split for hashing anyway
     return result
 
 

@@ -87,6 +87,13 @@ class DrvReader:
         drv_srcs = [p for p in srcs if p.endswith(".drv")]
         return [self._inner(p, path) for p in drvs] + [self._inner(p, path) for p in drv_srcs]
 
+    def parsed_inputs(self, path: str) -> list[str]:
+        """As :meth:`inputs`, from the whole file checked and split (when it will be anyway)."""
+        _, sections = self.split(path)
+        drv_srcs = [p for p in sections.input_srcs if p.endswith(".drv")]
+        inner = [p for p, _ in sections.input_drvs] + drv_srcs
+        return [self._inner(p, path) for p in inner]
+
     def closure(self, roots: Iterable[str]) -> list[str]:
         """The derivations ``roots`` depend on, roots included (see :meth:`inputs`)."""
         seen: set[str] = set()

@@ -7,7 +7,7 @@ is reported with the byte offset where it stops making sense.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import chain
 from typing import TypeVar
@@ -112,6 +112,15 @@ class Sections:
     # True when the file uses only the escapes Nix writes and has no raw control bytes, so its
     # escaped strings are exactly what Nix 2.8's JSON writer prints.
     json_ready: bool = False
+    # Where the inside of the input derivation list lies in the file (Derive terms only), so that
+    # hashDerivationModulo can put input hashes in its place without printing the rest again.
+    inputs_span: tuple[int, int] | None = None
+
+    @property
+    def canonical(self) -> bool:
+        """The file's bytes are exactly what Nix prints for this derivation: a ``Derive`` term
+        that uses only the escapes Nix writes (printing is then a function of the content)."""
+        return self.json_ready and self.inputs_span is not None
 
     def decode(self, name: str) -> Derivation:
         return Derivation(
@@ -186,6 +195,7 @@ def split(data: bytes) -> Sections:
         tuple(_STRING.findall(args)),
         _env_pairs(env),
         _json_ready(data),
+        m.span(2),
     )
 
 
@@ -314,7 +324,12 @@ def _plain(value: str) -> bytes:
     return b'"' + value.encode() + b'"'
 
 
-def _plain_list(values: tuple[str, ...] | list[str]) -> bytes:
+def print_input_drvs(inputs: Iterable[tuple[str, Iterable[str]]]) -> bytes:
+    """The inside of an input derivation list (no dynamic outputs), as Nix prints it."""
+    return b",".join(b"(" + _plain(path) + b"," + _plain_list(sorted(outs)) + b")" for path, outs in inputs)
+
+
+def _plain_list(values: Iterable[str]) -> bytes:
     return b"[" + b",".join(_plain(v) for v in values) + b"]"
 
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from enum import Enum
 
 from buildref.errors import BadDerivation
-from buildref.nix.aterm import print_drv
+from buildref.nix.aterm import Sections, print_drv, print_input_drvs
 from buildref.nix.derivation import Derivation, InputNode, Output, OutputKind
 from buildref.nix.hashes import Hash, HashAlgo
 from buildref.nix.storepath import (
     DEFAULT_STORE_DIR,
+    StorePath,
     fixed_output_path,
     hash_placeholder,
     output_path,
@@ -26,6 +27,8 @@ from buildref.nix.storepath import (
 )
 
 Loader = Callable[[str], Derivation]
+# A drv path's bytes and their validated parts: lets the hasher skip decoding canonical files.
+Splitter = Callable[[str], tuple[bytes, Sections]]
 
 _IMPURE_HASH = Hash.of(HashAlgo.SHA256, b"impure")
 
@@ -69,27 +72,29 @@ def fixed_path(drv_name: str, output: Output, store_dir: str = DEFAULT_STORE_DIR
 class DrvHasher:
     """hashDerivationModulo over a closure, memoised by drv path."""
 
-    def __init__(self, load: Loader, store_dir: str = DEFAULT_STORE_DIR) -> None:
+    def __init__(self, load: Loader, store_dir: str = DEFAULT_STORE_DIR,
+                 split: Splitter | None = None) -> None:
         self._load = load
+        self._split = split
         self.store_dir = store_dir
         self._memo: dict[str, DrvHash] = {}
 
-    def modulo(self, drv: Derivation, mask_outputs: bool) -> DrvHash:
-        if drv.is_fixed_output:
-            hashes = {
-                o.name: Hash.of(
-                    HashAlgo.SHA256,
-                    f"fixed:out:{o.hash_algo}:{o.hash}:{fixed_path(drv.name, o, self.store_dir)}".encode(),
-                )
-                for o in drv.outputs
-            }
-            return DrvHash(hashes, DrvHashKind.REGULAR)
-        if drv.is_impure:
-            return DrvHash({o.name: _IMPURE_HASH for o in drv.outputs}, DrvHashKind.DEFERRED)
+    def _fixed(self, drv_name: str, outputs: tuple[Output, ...]) -> DrvHash:
+        hashes = {
+            o.name: Hash.of(
+                HashAlgo.SHA256,
+                f"fixed:out:{o.hash_algo}:{o.hash}:{fixed_path(drv_name, o, self.store_dir)}".encode(),
+            )
+            for o in outputs
+        }
+        return DrvHash(hashes, DrvHashKind.REGULAR)
 
-        kind = DrvHashKind.DEFERRED if drv.is_floating else DrvHashKind.REGULAR
+    def _replaced_inputs(self, input_drvs: tuple[tuple[str, InputNode], ...],
+                         kind: DrvHashKind) -> tuple[dict[str, set[str]], DrvHashKind]:
+        """Input derivations keyed by their (memoised) modulo hash, as hashDerivationModulo
+        prints them; and whether any makes this derivation deferred."""
         replaced: dict[str, set[str]] = {}
-        for path, node in drv.input_drvs:
+        for path, node in input_drvs:
             if node.children:  # an output of a dynamic derivation: unknown until built
                 kind = DrvHashKind.DEFERRED
             result = self.path_modulo(path)
@@ -100,6 +105,33 @@ class DrvHasher:
                 if h is None:
                     raise BadDerivation(f"input derivation {path} has no output '{name}'")
                 replaced.setdefault(h.hex, set()).add(name)
+        return replaced, kind
+
+    def _modulo_canonical(self, path: str, data: bytes, sections: Sections) -> DrvHash:
+        """The unmasked modulo hash of a canonical file: its own bytes with the input list
+        replaced, which is what printing the parsed derivation would give, without decoding it."""
+        outputs = sections.outputs
+        if len(outputs) == 1 and outputs[0].kind is OutputKind.FIXED:
+            return self._fixed(StorePath.parse(path, self.store_dir).drv_name, outputs)
+        if any(o.kind is OutputKind.IMPURE for o in outputs):
+            return DrvHash({o.name: _IMPURE_HASH for o in outputs}, DrvHashKind.DEFERRED)
+        floating = any(o.kind is OutputKind.FLOATING for o in outputs)
+        replaced, kind = self._replaced_inputs(
+            sections.input_drvs, DrvHashKind.DEFERRED if floating else DrvHashKind.REGULAR)
+        assert sections.inputs_span is not None
+        start, end = sections.inputs_span
+        text = data[:start] + print_input_drvs(sorted(replaced.items())) + data[end:]
+        digest = Hash(HashAlgo.SHA256, hashlib.sha256(text).digest())
+        return DrvHash({o.name: digest for o in outputs}, kind)
+
+    def modulo(self, drv: Derivation, mask_outputs: bool) -> DrvHash:
+        if drv.is_fixed_output:
+            return self._fixed(drv.name, drv.outputs)
+        if drv.is_impure:
+            return DrvHash({o.name: _IMPURE_HASH for o in drv.outputs}, DrvHashKind.DEFERRED)
+
+        kind = DrvHashKind.DEFERRED if drv.is_floating else DrvHashKind.REGULAR
+        replaced, kind = self._replaced_inputs(drv.input_drvs, kind)
         inputs = tuple((key, InputNode(tuple(sorted(outs)))) for key, outs in sorted(replaced.items()))
 
         if mask_outputs:
@@ -126,23 +158,27 @@ class DrvHasher:
         if done is not None:
             return done
         pending = [path]
-        loaded: dict[str, Derivation] = {}
+        expanded: set[str] = set()
         while pending:
             current = pending[-1]
             if current in self._memo:
                 pending.pop()
                 continue
-            drv = loaded.get(current)
-            if drv is None:
-                drv = loaded[current] = self._load(current)
-                missing = [p for p, _ in drv.input_drvs if p not in self._memo]
+            data, sections = self._split(current) if self._split else (b"", None)
+            input_drvs = sections.input_drvs if sections is not None else self._load(current).input_drvs
+            if current not in expanded:
+                expanded.add(current)
+                missing = [p for p, _ in input_drvs if p not in self._memo]
                 if missing:
                     pending.extend(missing)
                     continue
-            elif any(p not in self._memo for p, _ in drv.input_drvs):
+            elif any(p not in self._memo for p, _ in input_drvs):
                 raise BadDerivation(f"derivation {current} depends on itself")
-            self._memo[current] = self.modulo(drv, mask_outputs=False)
-            del loaded[current]
+            if sections is not None and sections.canonical:
+                self._memo[current] = self._modulo_canonical(current, data, sections)
+            else:
+                self._memo[current] = self.modulo(self._load(current), mask_outputs=False)
+            expanded.discard(current)
             pending.pop()
         return self._memo[path]
 
