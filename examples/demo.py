@@ -1,7 +1,8 @@
-"""buildref demo: build three revisions of a git repository with real Nix, then match builds and
-commits in both directions using only what buildref computes offline (no Nix involved in the
-matching): `buildref hash` for each revision's source path, `buildref drv show` for what each
-build used, `buildref drv verify` to check the derivations.
+"""buildref demo: start `buildref serve` on a temporary state directory, build three revisions of a
+git repository with real Nix — whose post-build-hook is buildref's hook, so every build is recorded
+by the service — then match builds and commits in both directions: `buildref builds` for what was
+recorded, `buildref hash` for each revision's source path (no checkout, no Nix), and `buildref drv
+show` for what each build used.
 
 Run through examples/demo.sh, which installs what it needs first.
 """
@@ -10,10 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def sh(*argv: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
@@ -27,7 +32,26 @@ def buildref(*args: str) -> object:
     return json.loads(sh(sys.executable, "-m", "buildref", *args, "--json"))
 
 
-BUILD = """{ rev }:
+def start_service(work: Path) -> subprocess.Popen[bytes]:
+    """`buildref serve` with its state, sockets and log under ``work``; clients find it through
+    BUILDREF_SOCKET, the hook through BUILDREF_HOOK_SOCKET and BUILDREF_SPOOL_DIR."""
+    config = work / "buildref.toml"
+    config.write_text(f'state_dir = "{work}/state"\n[hook]\nsocket = "{work}/hook.sock"\n'
+                      f'[query]\nsocket = "{work}/query.sock"\n')
+    os.environ.update(BUILDREF_SOCKET=f"{work}/query.sock", BUILDREF_HOOK_SOCKET=f"{work}/hook.sock",
+                      BUILDREF_SPOOL_DIR=f"{work}/state/spool")
+    with (work / "serve.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "buildref", "serve", "--config", str(config)],
+                                stdout=log, stderr=log)
+    for _ in range(200):
+        if subprocess.run([sys.executable, "-m", "buildref", "status"], capture_output=True,
+                          check=False).returncode == 0:
+            return proc
+        time.sleep(0.05)
+    sys.exit(f"buildref serve did not start; see {work / 'serve.log'}")
+
+
+BUILD = """{ rev, run }:
 let src = builtins.fetchGit { url = "REPO"; inherit rev; };
 in derivation {
   name = "greeting";
@@ -36,15 +60,28 @@ in derivation {
   # Builders get an empty PATH: shell builtins only.
   args = [ "-c" "while IFS= read -r line; do echo \\"$line\\"; done < $src/hello.txt > $out" ];
   inherit src;
+  inherit run;  # a fresh derivation each demo run, so Nix really builds (and runs the hook)
 }
 """
 
 
 def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="buildref-demo-"))
+    work = Path(tempfile.mkdtemp(prefix="brdemo-", dir="/tmp"))  # short: socket paths are limited
+    service = start_service(work)
+    try:
+        run(work)
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=60)
+    print(f"\nfiles kept in {work} (service log: {work / 'serve.log'})")
+
+
+def run(work: Path) -> None:
     repo = work / "app"
     repo.mkdir()
-    env = {**os.environ, "HOME": str(work), "XDG_CACHE_HOME": str(work / "cache"),
+    hook = f"post-build-hook = {ROOT / 'hook' / 'buildref-hook'}"
+    nix_config = os.environ.get("NIX_CONFIG", "") + "\n" + hook
+    env = {**os.environ, "NIX_CONFIG": nix_config, "HOME": str(work), "XDG_CACHE_HOME": str(work / "cache"),
            "GIT_AUTHOR_NAME": "demo", "GIT_AUTHOR_EMAIL": "demo@example.org",
            "GIT_COMMITTER_NAME": "demo", "GIT_COMMITTER_EMAIL": "demo@example.org"}
     sh("git", "init", "-q", "-b", "main", cwd=repo)
@@ -59,14 +96,27 @@ def main() -> None:
     (work / "build.nix").write_text(BUILD.replace("REPO", str(repo)))
     print(f"repository {repo}: {len(revs)} commits\n")
 
-    print("1. Real Nix builds each revision (builtins.fetchGit + a derivation):")
-    builds = {}
+    print("1. Real Nix builds each revision (builtins.fetchGit + a derivation); its post-build-hook")
+    print("   hands each build to buildref serve:")
     for rev in revs:
-        out = sh("nix-build", str(work / "build.nix"), "--argstr", "rev", rev, "--no-out-link",
-                 "--quiet", env=env)
-        drv = sh("nix-store", "--query", "--deriver", out, env=env)
-        builds[out] = drv
+        out = sh("nix-build", str(work / "build.nix"), "--argstr", "rev", rev, "--argstr", "run", work.name,
+                 "--no-out-link", "--quiet", env=env)
         print(f"   {rev[:12]}  ->  {out}")
+    for _ in range(200):
+        status = buildref("status")
+        assert isinstance(status, dict)
+        if status["queueDepth"] == 0:
+            break
+        time.sleep(0.05)
+    events = status["events"]
+    print(f"\n   buildref status: {events['received']} events received, {events['indexed']} indexed, "
+          f"{events['failed']} failed; {status['database']['derivations']} derivations in the index")
+    recorded = buildref("builds")
+    assert isinstance(recorded, list)
+    builds = {b["outputs"]["out"]: b["drvPath"] for b in recorded if "out" in b["outputs"]}
+    print("   buildref builds:")
+    for b in recorded:
+        print(f"   {b['drvPath']}  out={b['outputs'].get('out')}")
 
     print("\n2. buildref drv verify recomputes every output path and .drv path from the files:")
     results = buildref("drv", "verify", "-r", *builds.values())
@@ -81,7 +131,7 @@ def main() -> None:
         source_of[info["storePath"]] = rev
         print(f"   {rev[:12]}  {info['narHash']}  {info['storePath']}")
 
-    print("\n4. Lookups, answered by joining the two (what the buildref service will do on every build):")
+    print("\n4. Lookups, answered by joining the recorded builds with the source paths:")
     commit_of = {}
     for out, drv in builds.items():
         shown = buildref("drv", "show", drv)
@@ -92,7 +142,6 @@ def main() -> None:
     tip = sh("git", "rev-parse", "main", cwd=repo)
     built = [out for out, commit in commit_of.items() if commit == tip]
     print(f"   main ({tip[:12]}) was built as {built[0] if built else '(not built)'}")
-    print(f"\nfiles kept in {work}")
 
 
 if __name__ == "__main__":
