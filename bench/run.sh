@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run every benchmark against real Nix on the same inputs; prints ratios buildref / Nix.
+# Run every benchmark against real Nix (or the bare interpreter) on the same inputs; prints ratios.
 source "$(dirname "$0")/../tests/bootstrap.sh"
 cd "$ROOT/bench"
 python drv_show.py "$@"
 python git_hash.py "$@"
+python service.py
