@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -187,7 +188,14 @@ def test_hook_exits_zero_and_says_why_when_it_cannot_deliver(tmp_path: Path) -> 
     assert "spooled" in proc.stderr.decode()
     files = list((tmp_path / "spool").iterdir())
     assert len(files) == 1 and json.loads(files[0].read_text())["drv"] == "/nix/store/x.drv"
-    wait_for(lambda: True)
+    # the console script is the same hook
+    script = shutil.which("buildref-hook")
+    assert script is not None
+    env = {"BUILDREF_HOOK_SOCKET": str(tmp_path / "none.sock"), "BUILDREF_SPOOL_DIR": str(tmp_path / "spool"),
+           "DRV_PATH": "/nix/store/y.drv"}
+    proc = subprocess.run([script], env=env, capture_output=True, check=False)
+    assert proc.returncode == 0 and "spooled" in proc.stderr.decode()
+    assert len(list((tmp_path / "spool").iterdir())) == 2
 
 
 def test_service_down_builds_spool_and_are_recorded_at_start(nix: Nix, system: str, tmp_path: Path) -> None:

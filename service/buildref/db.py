@@ -213,28 +213,23 @@ class Database:
 
     async def known_modulo(self, paths: Iterable[str]) -> dict[str, str]:
         """The stored modulo hash of each of ``paths`` already in the index."""
-        found: dict[str, str] = {}
-        wanted = list(paths)
-        for i in range(0, len(wanted), _CHUNK):
-            chunk = wanted[i:i + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for path, modulo in await self._rows(
-                f"SELECT path, modulo FROM derivations WHERE path IN ({marks})", chunk
-            ):
-                found[path] = modulo
-        return found
+        return await self._by_path("modulo", paths)
 
     async def _ids(self, paths: Iterable[str]) -> dict[str, int]:
-        ids: dict[str, int] = {}
+        return await self._by_path("id", paths)
+
+    async def _by_path(self, column: str, paths: Iterable[str]) -> dict[str, Any]:
+        """``column`` (a fixed name, never input) of each indexed derivation among ``paths``."""
+        found: dict[str, Any] = {}
         wanted = list(paths)
         for i in range(0, len(wanted), _CHUNK):
             chunk = wanted[i:i + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            for drv_id, path in await self._rows(
-                f"SELECT id, path FROM derivations WHERE path IN ({marks})", chunk
+            for path, value in await self._rows(
+                f"SELECT path, {column} FROM derivations WHERE path IN ({marks})", chunk
             ):
-                ids[path] = drv_id
-        return ids
+                found[path] = value
+        return found
 
     async def record(self, event_id: int, drvs: Sequence[DrvRow], realised: Sequence[tuple[str, str, str]],
                      build: BuildRow) -> None:
@@ -305,11 +300,6 @@ class Database:
                                           (drv, t)))
         return [(d, t, s, e) for d, t, s, e in found]
 
-    async def failed_events(self, since: float, limit: int) -> list[tuple[int, str, float, str]]:
-        return [tuple(r) for r in await self._rows(
-            "SELECT id, drv, t, error FROM events WHERE state = 'failed' AND received_at >= ?"
-            " ORDER BY id DESC LIMIT ?", (since, limit))]
-
     async def builds(self, since: float, limit: int) -> list[dict[str, Any]]:
         rows = await self._rows(
             "SELECT b.event_id, d.path, d.name, d.system, b.built_at FROM builds b"
@@ -325,13 +315,6 @@ class Database:
             result.append({"drvPath": path, "name": name, "system": system, "builtAt": built_at,
                            "outputs": dict(outs)})
         return result
-
-    async def derivation_outputs(self, path: str) -> dict[str, str | None] | None:
-        rows = await self._rows(
-            "SELECT o.name, o.path FROM outputs o JOIN derivations d ON d.id = o.drv_id WHERE d.path = ?",
-            (path,),
-        )
-        return dict(rows) if rows else None
 
     async def counts(self) -> dict[str, int]:
         result = {}
