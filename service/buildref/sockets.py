@@ -118,7 +118,8 @@ async def serve_lines(sock: socket.socket, handle: LineHandler, too_long: TooLon
         try:
             while True:
                 try:
-                    line = await asyncio.wait_for(reader.readuntil(b"\n"), idle_timeout)
+                    async with asyncio.timeout(idle_timeout):  # no task per line, unlike wait_for
+                        line = await reader.readuntil(b"\n")
                 except asyncio.IncompleteReadError as e:
                     if e.partial.strip():  # a last line without its newline still counts
                         await answer(writer, await handle(e.partial))
