@@ -307,14 +307,18 @@ class Database:
             " ORDER BY b.built_at DESC, b.event_id DESC LIMIT ?",
             (since, limit),
         )
-        result = []
-        for event_id, path, name, system, built_at in rows:
-            outs = await self._rows(
-                "SELECT name, path FROM build_outputs WHERE event_id = ? ORDER BY name", (event_id,)
-            )
-            result.append({"drvPath": path, "name": name, "system": system, "builtAt": built_at,
-                           "outputs": dict(outs)})
-        return result
+        outputs: dict[int, dict[str, str]] = {row[0]: {} for row in rows}
+        ids = list(outputs)
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i:i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for event_id, name, path in await self._rows(
+                f"SELECT event_id, name, path FROM build_outputs WHERE event_id IN ({marks})"
+                " ORDER BY name", chunk
+            ):
+                outputs[event_id][name] = path
+        return [{"drvPath": path, "name": name, "system": system, "builtAt": built_at,
+                 "outputs": outputs[event_id]} for event_id, path, name, system, built_at in rows]
 
     async def counts(self) -> dict[str, int]:
         result = {}
