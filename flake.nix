@@ -22,6 +22,11 @@
         default = buildref;
       });
 
+      nixosModules.default = { pkgs, lib, ... }: {
+        imports = [ ./nixos-module ];
+        services.buildref.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.buildref;
+      };
+
       devShells = forAll (pkgs: {
         default = pkgs.mkShell {
           packages = [

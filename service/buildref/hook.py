@@ -60,15 +60,17 @@ def deliver(line: bytes, path: str, timeout: float) -> str:
 
 
 def spool(line: bytes, spool_dir: str, t: float) -> str:
-    """Write the event into the spool directory: temp file, fsync, rename, fsync the directory."""
+    """Write the event into the spool directory: temp file, fsync, rename, fsync the directory.
+    The hook runs as root and the service as its own user, which must read the file (it holds
+    only store paths, readable by anyone anyway)."""
     name = f"{t:.6f}-{os.getpid()}"
     tmp = os.path.join(spool_dir, ".tmp-" + name)
     final = os.path.join(spool_dir, name + ".json")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileNotFoundError:
         os.makedirs(spool_dir, mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(fd, line)
         os.fsync(fd)
