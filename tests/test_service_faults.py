@@ -261,3 +261,22 @@ def test_sigterm_removes_sockets_it_created(tmp_path: Path) -> None:
         wait_for(lambda: svc.call("status")["uptime"] >= 0)
     finally:
         svc.close()
+
+
+def test_bad_spool_files_do_not_stop_the_service(tmp_path: Path) -> None:
+    svc = ServiceProcess().start()
+    try:
+        svc.spool.mkdir(parents=True, exist_ok=True)
+        (svc.spool / "weird.json").mkdir()  # cannot be read as a file: left, logged
+        (svc.spool / "1.0-1.json").write_bytes(b"\xff not an event\n")  # kept as a failed event
+        (svc.spool / ".tmp-2.0-2").write_bytes(b"half written")  # a hook still writing: ignored
+        wait_for(lambda: not (svc.spool / "1.0-1.json").exists(), what="the garbage file to be drained")
+        status = svc.call("status")
+        assert status["events"]["failed"] == 1
+        assert (svc.spool / "weird.json").is_dir() and (svc.spool / ".tmp-2.0-2").exists()
+        log = svc.log_lines()
+        assert any(line["event"] == "unreadable spool file" for line in log)
+        assert any(line["event"] == "bad hook event" and line["source"] == "spool" for line in log)
+        assert svc.proc is not None and svc.proc.poll() is None
+    finally:
+        svc.close()

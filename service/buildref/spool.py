@@ -7,6 +7,7 @@ event is committed, so a crash mid-drain loses nothing (a second copy is the sam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
 
@@ -16,6 +17,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 SUFFIX = ".json"
+RETRY_DELAY = 5.0
 
 Accept = Callable[[bytes], Awaitable[None]]
 
@@ -60,10 +62,18 @@ class Spool:
             self._observer = None
 
     async def run(self) -> None:
-        """Drain now, then again after every change in the directory (until cancelled)."""
+        """Drain now, then again after every change in the directory (until cancelled). A drain
+        that could not finish (the database refused a commit, a file cannot be removed) is tried
+        again after :data:`RETRY_DELAY` seconds; the files stay until their events are committed."""
         while True:
             self._wake.clear()
-            await self.drain()
+            try:
+                await self.drain()
+            except Exception as e:
+                self._log.error("spool drain interrupted; will retry", error=str(e))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), RETRY_DELAY)
+                continue
             await self._wake.wait()
 
     async def drain(self) -> int:
