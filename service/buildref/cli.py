@@ -230,6 +230,28 @@ def cmd_builds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    result = _client(args).call("record", {"repository": args.repo, "refs": args.refs or None})
+    if args.json:
+        _print_json(result)
+        return 0
+    for ref, rev in result["refs"].items():
+        print(f"{rev}\t{ref}")
+    print(f"{len(result['moved'])} ref move(s) recorded; {result['revisionsIndexed']} new revision(s), "
+          f"{result['sourcesIndexed']} source path(s) indexed", file=sys.stderr)
+    return 0
+
+
+def cmd_refs(args: argparse.Namespace) -> int:
+    history = _client(args).call("refs", {"repository": args.repo})
+    if args.json:
+        _print_json(history)
+        return 0
+    for move in history:
+        print(f"{_when(move['seenAt'])}  {move['rev'] or '(deleted)'}  {move['ref']}")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     import time
 
@@ -364,6 +386,22 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument("--timeout", type=float, default=300.0,
                          help="seconds to wait for indexing (default 300)")
     import_.set_defaults(handler=cmd_import)
+
+    record = client_command(
+        "record", "record where a repository's refs point, and their source paths",
+        "Ask the service to record REPO's refs (all of them and HEAD, or the REFs given): each move "
+        "of a ref is kept with the time it was seen, and for each new revision the source store "
+        "paths a build can take from it (the root and every directory, with and without "
+        "export-ignore) are computed from git objects. REPO is a configured name or an absolute path.",
+    )
+    record.add_argument("repo", metavar="REPO")
+    record.add_argument("refs", nargs="*", metavar="REF", help="ref names (main, v1, refs/tags/v1, HEAD)")
+    record.set_defaults(handler=cmd_record)
+
+    refs = client_command("refs", "the recorded history of a repository's refs",
+                          "Every recorded move of every ref of REPO: when it was seen and the revision.")
+    refs.add_argument("repo", metavar="REPO")
+    refs.set_defaults(handler=cmd_refs)
     return parser
 
 

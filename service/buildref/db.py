@@ -79,6 +79,37 @@ CREATE TABLE IF NOT EXISTS build_outputs (
     PRIMARY KEY (event_id, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS build_outputs_path ON build_outputs (path);
+CREATE TABLE IF NOT EXISTS repositories (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL,
+    url TEXT
+);
+CREATE TABLE IF NOT EXISTS revisions (
+    id INTEGER PRIMARY KEY,
+    repo_id INTEGER NOT NULL REFERENCES repositories (id),
+    rev TEXT NOT NULL,
+    commit_time INTEGER NOT NULL,
+    UNIQUE (repo_id, rev)
+);
+CREATE TABLE IF NOT EXISTS ref_moves (
+    id INTEGER PRIMARY KEY,
+    repo_id INTEGER NOT NULL REFERENCES repositories (id),
+    ref TEXT NOT NULL,
+    rev_id INTEGER REFERENCES revisions (id),  -- NULL: the ref was deleted
+    seen_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ref_moves_ref ON ref_moves (repo_id, ref, id);
+CREATE TABLE IF NOT EXISTS sources (
+    rev_id INTEGER NOT NULL REFERENCES revisions (id),
+    subdir TEXT NOT NULL,         -- "" for the root
+    rule TEXT NOT NULL,           -- export-ignore | raw
+    nar_hash TEXT NOT NULL,       -- SRI
+    store_path TEXT NOT NULL,
+    PRIMARY KEY (rev_id, subdir, rule)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sources_path ON sources (store_path);
+CREATE INDEX IF NOT EXISTS sources_hash ON sources (nar_hash);
 """
 
 _CHUNK = 500  # stays under SQLite's limit on bound parameters
@@ -131,6 +162,21 @@ class BuildRow:
     drv_path: str
     built_at: float
     outputs: tuple[tuple[str, str], ...]  # only outputs present in the store
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    subdir: str
+    rule: str
+    nar_hash: str
+    store_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionRow:
+    rev: str
+    commit_time: int
+    sources: tuple[SourceRow, ...]
 
 
 class Database:
@@ -273,6 +319,81 @@ class Database:
                 "UPDATE events SET state = 'indexed', error = NULL, indexed_at = ? WHERE id = ?",
                 (now, event_id),
             )
+
+    # -- git refs and their sources
+
+    async def revisions_with_sources(self, repo_name: str, revs: Iterable[str]) -> set[str]:
+        wanted = list(revs)
+        found: set[str] = set()
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i:i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._rows(
+                "SELECT DISTINCT v.rev FROM revisions v JOIN repositories r ON r.id = v.repo_id"
+                f" JOIN sources s ON s.rev_id = v.id WHERE r.name = ? AND v.rev IN ({marks})",
+                [repo_name, *chunk],
+            )
+            found.update(rev for (rev,) in rows)
+        return found
+
+    async def record_refs(self, name: str, path: str, url: str | None, refs: dict[str, str],
+                          revisions: Sequence[RevisionRow], complete: bool) -> list[tuple[str, str | None]]:
+        """Store new revisions with their sources and every ref whose target changed since it was
+        last seen (with ``complete``, refs no longer there are recorded as deleted). Returns the
+        moves recorded: (ref, new rev or None)."""
+        now = time.time()
+        moves: list[tuple[str, str | None]] = []
+        async with self._transaction() as conn:
+            await conn.execute(
+                "INSERT INTO repositories (name, path, url) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET path = excluded.path, url = excluded.url",
+                (name, path, url),
+            )
+            repo_id = (await self._rows("SELECT id FROM repositories WHERE name = ?", (name,)))[0][0]
+            await conn.executemany(
+                "INSERT INTO revisions (repo_id, rev, commit_time) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                [(repo_id, r.rev, r.commit_time) for r in revisions],
+            )
+            rev_ids = dict(await self._rows("SELECT rev, id FROM revisions WHERE repo_id = ?", (repo_id,)))
+            await conn.executemany(
+                "INSERT INTO sources (rev_id, subdir, rule, nar_hash, store_path) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(rev_ids[r.rev], s.subdir, s.rule, s.nar_hash, s.store_path)
+                 for r in revisions for s in r.sources],
+            )
+            current = {
+                ref: rev for ref, rev in await self._rows(
+                    "SELECT m.ref, v.rev FROM ref_moves m LEFT JOIN revisions v ON v.id = m.rev_id"
+                    " WHERE m.id IN (SELECT max(id) FROM ref_moves WHERE repo_id = ? GROUP BY ref)",
+                    (repo_id,))
+            }
+            for ref, rev in sorted(refs.items()):
+                if current.get(ref) != rev:
+                    moves.append((ref, rev))
+            if complete:
+                gone = [ref for ref, rev in sorted(current.items()) if rev is not None and ref not in refs]
+                moves.extend((ref, None) for ref in gone)
+            await conn.executemany(
+                "INSERT INTO ref_moves (repo_id, ref, rev_id, seen_at) VALUES (?, ?, ?, ?)",
+                [(repo_id, ref, rev_ids.get(rev) if rev else None, now) for ref, rev in moves],
+            )
+        return moves
+
+    async def ref_history(self, name: str) -> list[dict[str, Any]] | None:
+        rows = await self._rows("SELECT id FROM repositories WHERE name = ?", (name,))
+        if not rows:
+            return None
+        history = await self._rows(
+            "SELECT m.ref, v.rev, m.seen_at FROM ref_moves m LEFT JOIN revisions v ON v.id = m.rev_id"
+            " WHERE m.repo_id = ? ORDER BY m.ref, m.id", (rows[0][0],))
+        return [{"ref": ref, "rev": rev, "seenAt": seen} for ref, rev, seen in history]
+
+    async def sources_of(self, name: str, rev: str) -> list[dict[str, str]]:
+        rows = await self._rows(
+            "SELECT s.subdir, s.rule, s.nar_hash, s.store_path FROM sources s"
+            " JOIN revisions v ON v.id = s.rev_id JOIN repositories r ON r.id = v.repo_id"
+            " WHERE r.name = ? AND v.rev = ? ORDER BY s.rule, s.subdir", (name, rev))
+        return [{"subdir": d, "rule": r, "narHash": h, "storePath": p} for d, r, h, p in rows]
 
     # -- queries
 

@@ -35,7 +35,8 @@ from buildref.protocol import (
     response,
     salvage_event,
 )
-from buildref.sockets import inherited_sockets, listen_unix, notify, serve_lines
+from buildref.refs import RefRecorder
+from buildref.sockets import Peer, inherited_sockets, listen_unix, notify, serve_lines
 from buildref.spool import Spool, spooled
 
 SHUTDOWN_GRACE = 5.0  # seconds in-flight connections get to finish after SIGTERM
@@ -54,6 +55,7 @@ class Service:
         self._inbox: Inbox | None = None
         self._indexer: Indexer | None = None
         self._spool: Spool | None = None
+        self._refs_recorder: RefRecorder | None = None
 
     # -- hook socket
 
@@ -74,7 +76,7 @@ class Service:
         await self._inbox.put(new)
         return b"ok\n" if new.error is None else f"{new.error}\n".encode()
 
-    async def _hook_line(self, line: bytes) -> bytes | None:
+    async def _hook_line(self, line: bytes, peer: Peer) -> bytes | None:
         self._active += 1
         try:
             return await self._accept(line, "socket")
@@ -102,12 +104,12 @@ class Service:
 
     # -- query socket
 
-    async def _query_line(self, line: bytes) -> bytes | None:
+    async def _query_line(self, line: bytes, peer: Peer) -> bytes | None:
         request_id = None
         try:
             request = parse_request(line)
             request_id = request.id
-            result = await self._dispatch(request)
+            result = await self._dispatch(request, peer)
         except RequestError as e:
             self._log.warning("bad query", error=e.message)
             return error_response(e.request_id if request_id is None else request_id, e.code, e.message)
@@ -122,10 +124,12 @@ class Service:
         self._log.warning("bad query", error="request line too long")
         return error_response(None, PARSE_ERROR, f"error: request line longer than {MAX_LINE} bytes")
 
-    async def _dispatch(self, request: Request) -> Any:
+    async def _dispatch(self, request: Request, peer: Peer) -> Any:
         handlers: dict[str, Callable[[Request], Awaitable[Any]]] = {
-            "status": self.status, "builds": self._builds, "events": self._events,
+            "status": self.status, "builds": self._builds, "events": self._events, "refs": self._refs,
         }
+        if request.method == "record":
+            return await self._record(request, peer)
         handler = handlers.get(request.method)
         if handler is None:
             raise RequestError(METHOD_NOT_FOUND, f"error: unknown method '{request.method}'", request.id)
@@ -177,6 +181,20 @@ class Service:
         rows = await self._db.events_for([(k[0], float(k[1])) for k in keys])
         return [{"drvPath": d, "t": t, "state": s, "error": e} for d, t, s, e in rows]
 
+    async def _record(self, request: Request, peer: Peer) -> dict[str, Any]:
+        assert self._refs_recorder is not None
+        repo, refs = _string(request, "repository"), request.params.get("refs")
+        if refs is not None and (not isinstance(refs, list) or not all(isinstance(r, str) for r in refs)):
+            raise RequestError(INVALID_PARAMS, "error: 'refs' must be a list of ref names", request.id)
+        result = await self._refs_recorder.record(repo, refs or None, peer.uid)
+        self._log.info("refs recorded", repository=result["repository"], moved=len(result["moved"]),
+                       sources=result["sourcesIndexed"])
+        return result
+
+    async def _refs(self, request: Request) -> list[dict[str, Any]]:
+        assert self._refs_recorder is not None
+        return await self._refs_recorder.history(_string(request, "repository"))
+
     # -- life cycle
 
     def _sockets(self) -> tuple[socket.socket, socket.socket, list[str]]:
@@ -215,6 +233,7 @@ class Service:
             self._indexer = indexer = Indexer(db, Nix(config.nix_bin_dir), config.store_dir)
             self._inbox = inbox = Inbox(db, lambda _: indexer.wake())
             self._spool = spool = Spool(config.spool_dir, self._spooled_line)
+            self._refs_recorder = RefRecorder(db, config.repositories, config.store_dir)
             hook_sock, query_sock, created = self._sockets()
             on_error = self._connection_error
             hook_server = await serve_lines(hook_sock, self._hook_line, self._hook_too_long,
@@ -257,6 +276,13 @@ class Service:
 
     def _connection_error(self, message: str) -> None:
         self._log.warning("connection", error=message)
+
+
+def _string(request: Request, key: str) -> str:
+    value = request.params.get(key)
+    if not isinstance(value, str) or not value:
+        raise RequestError(INVALID_PARAMS, f"error: '{key}' must be a non-empty string", request.id)
+    return value
 
 
 def _number(request: Request, key: str, default: float) -> float:

@@ -12,15 +12,32 @@ import contextlib
 import os
 import socket
 import stat
+import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from buildref.errors import BadConfig, ServiceUnavailable
 from buildref.protocol import MAX_LINE
 
 SD_LISTEN_FDS_START = 3
 
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end of a Unix socket (SO_PEERCRED): the kernel says, not the client."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                        struct.calcsize("3i")))
+    return Peer(pid, uid, gid)
+
+
 # An answer line, or None to close the connection without one.
-LineHandler = Callable[[bytes], Awaitable[bytes | None]]
+LineHandler = Callable[[bytes, Peer], Awaitable[bytes | None]]
 TooLongHandler = Callable[[], Awaitable[bytes | None]]
 
 
@@ -115,6 +132,7 @@ async def serve_lines(sock: socket.socket, handle: LineHandler, too_long: TooLon
         return True
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = peer_of(writer.get_extra_info("socket"))
         try:
             while True:
                 try:
@@ -122,7 +140,7 @@ async def serve_lines(sock: socket.socket, handle: LineHandler, too_long: TooLon
                         line = await reader.readuntil(b"\n")
                 except asyncio.IncompleteReadError as e:
                     if e.partial.strip():  # a last line without its newline still counts
-                        await answer(writer, await handle(e.partial))
+                        await answer(writer, await handle(e.partial, peer))
                     return
                 except asyncio.LimitOverrunError:
                     await answer(writer, await too_long())
@@ -130,7 +148,7 @@ async def serve_lines(sock: socket.socket, handle: LineHandler, too_long: TooLon
                 except TimeoutError:
                     on_error(f"closed a connection idle for {idle_timeout:.0f} s")
                     return
-                if not await answer(writer, await handle(line)):
+                if not await answer(writer, await handle(line, peer)):
                     return
         except (ConnectionError, OSError) as e:
             on_error(f"connection dropped: {e}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from buildref.errors import GitError, UnknownRevision
+from buildref.errors import BuildrefError, GitError, UnknownRevision
 from buildref.git.attributes import Rule, export_ignored
 from buildref.git.tree_nar import Fragment, TreeNarCache, TreeRule
 from buildref.nix.hashes import Hash
@@ -23,6 +23,14 @@ class SourceInfo:
     rev_count: int
     rule: TreeRule
     subdir: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TreeSource:
+    subdir: str  # "" for the root
+    rule: TreeRule
+    nar_hash: Hash
+    store_path: str
 
 
 def _split_subdir(subdir: str) -> list[str]:
@@ -105,6 +113,41 @@ class GitRepository:
             rule=rule,
             subdir="/".join(parts) if subdir is not None else None,
         )
+
+    def tree_sources(self, commit: Any) -> list[TreeSource]:
+        """The source store paths a build can take from ``commit``: the root (``source``) and every
+        directory (named after it, as ``./dir`` of a flake is copied), under each rule; a variant
+        is listed once per rule even when both rules give the same path. Directories Nix cannot
+        copy (export-ignore'd, names that are not store path names) are left out."""
+        root = commit.tree_id.raw
+        directories: list[list[str]] = []
+        pending: list[tuple[bytes, list[str]]] = [(root, [])]
+        while pending:
+            tree, parts = pending.pop()
+            for entry in self.trees.entries(tree):
+                if entry.is_tree:
+                    try:
+                        name = entry.name.decode()
+                    except UnicodeDecodeError:
+                        continue
+                    directories.append([*parts, name])
+                    pending.append((entry.oid, [*parts, name]))
+        found = []
+        for rule in TreeRule:
+            info = self.trees.nar_info(self.trees.fragment(root, rule))
+            found.append(TreeSource("", rule, info.nar_hash, source_path(info.nar_hash, "source",
+                                                                          store_dir=self.store_dir)))
+            for parts in sorted(directories):
+                subdir = "/".join(parts)
+                try:
+                    name = check_name(parts[-1])
+                    fragment = self._subdir_fragment(root, parts, rule, subdir)
+                except BuildrefError:
+                    continue
+                info = self.trees.nar_info(fragment)
+                found.append(TreeSource(subdir, rule, info.nar_hash,
+                                        source_path(info.nar_hash, name, store_dir=self.store_dir)))
+        return found
 
     def _subdir_fragment(self, root: bytes, parts: list[str], rule: TreeRule, subdir: str) -> Fragment:
         tree = root

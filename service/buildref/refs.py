@@ -1,0 +1,116 @@
+"""Recording git refs: where each ref points now (kept as a history of moves) and the source store
+paths of every revision a ref reaches, computed from git objects (``buildref record``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from buildref.config import Repository
+from buildref.db import Database, RevisionRow, SourceRow
+from buildref.errors import GitError, UnknownRevision
+from buildref.git.source import GitRepository
+
+
+class UnknownRepository(GitError):
+    """A repository that is neither configured nor a readable path."""
+
+
+def _list_refs(repo: GitRepository, wanted: list[str] | None) -> dict[str, tuple[str, int]]:
+    """ref name -> (commit, commit time): every ref and HEAD, or the ones ``wanted`` (names git
+    would understand: ``main``, ``v1``, ``refs/tags/v1``, ``HEAD``)."""
+    import pygit2
+
+    git = repo.repo
+    names: list[str] = []
+    if wanted is None:
+        names = [n for n in git.references if n.startswith("refs/")]
+        if not git.head_is_unborn:
+            names.append("HEAD")
+    else:
+        for name in wanted:
+            if name == "HEAD":
+                names.append(name)
+                continue
+            try:
+                names.append(git.lookup_reference_dwim(name).name)
+            except (KeyError, pygit2.InvalidSpecError, pygit2.GitError):
+                raise UnknownRevision(f"no ref '{name}' in repository '{repo.path}'") from None
+    found = {}
+    for name in names:
+        try:
+            commit = repo.resolve(name)
+        except UnknownRevision:
+            if wanted is not None:
+                raise
+            continue  # a ref to something that is not a commit (a tag of a blob): not a source
+        found[name] = (str(commit.id), int(commit.commit_time))
+    return found
+
+
+def _sources(repo: GitRepository, rev: str) -> tuple[SourceRow, ...]:
+    commit = repo.resolve(rev)
+    return tuple(SourceRow(s.subdir, s.rule.value, s.nar_hash.sri, s.store_path)
+                 for s in repo.tree_sources(commit))
+
+
+class RefRecorder:
+    def __init__(self, db: Database, repositories: tuple[Repository, ...], store_dir: str) -> None:
+        self._db = db
+        self._configured = {r.name: r for r in repositories}
+        self._store_dir = store_dir
+        self._open: dict[str, GitRepository] = {}  # kept open: their tree memo makes the next tip cheap
+        self._lock = asyncio.Lock()  # a GitRepository is not for two threads at once
+
+    def repository(self, spec: str, uid: int | None = None) -> Repository:
+        """A configured name, or the path of a repository (named by its absolute path). With
+        ``uid`` (who asks), an unconfigured path must belong to that user, or the user be root:
+        the service can read more than its clients, and the refs it records are shown to anyone."""
+        configured = self._configured.get(spec)
+        if configured is not None:
+            return configured
+        for repo in self._configured.values():
+            if os.path.abspath(spec) == os.path.abspath(repo.path):
+                return repo
+        if spec.startswith("/") and os.path.isdir(spec):
+            path = os.path.abspath(spec)
+            if uid not in (None, 0) and os.stat(path).st_uid != uid:
+                raise UnknownRepository(f"'{path}' is not configured and not yours: only its owner or root "
+                                        "can have it recorded")
+            return Repository(path, path)
+        raise UnknownRepository(f"no repository '{spec}': give a configured name or an absolute path")
+
+    def _git(self, repo: Repository) -> GitRepository:
+        git = self._open.get(repo.path)
+        if git is None:
+            git = self._open[repo.path] = GitRepository(repo.path, self._store_dir)
+        return git
+
+    async def record(self, spec: str, refs: list[str] | None, uid: int | None = None) -> dict[str, Any]:
+        repo = self.repository(spec, uid)
+        async with self._lock:
+            git = await asyncio.to_thread(self._git, repo)
+            tips = await asyncio.to_thread(_list_refs, git, refs)
+            revs = sorted({rev for rev, _ in tips.values()})
+            known = await self._db.revisions_with_sources(repo.name, revs)
+            times = {rev: t for rev, t in tips.values()}
+            new = [RevisionRow(rev, times[rev], await asyncio.to_thread(_sources, git, rev))
+                   for rev in revs if rev not in known]
+        targets = {ref: rev for ref, (rev, _) in tips.items()}
+        moves = await self._db.record_refs(repo.name, repo.path, repo.url, targets, new,
+                                           complete=refs is None)
+        return {
+            "repository": repo.name,
+            "refs": {ref: rev for ref, (rev, _) in sorted(tips.items())},
+            "moved": [{"ref": ref, "rev": rev} for ref, rev in moves],
+            "revisionsIndexed": len(new),
+            "sourcesIndexed": sum(len(r.sources) for r in new),
+        }
+
+    async def history(self, spec: str) -> list[dict[str, Any]]:
+        repo = self.repository(spec)
+        history = await self._db.ref_history(repo.name)
+        if history is None:
+            raise UnknownRepository(f"repository '{repo.name}' has not been recorded yet (buildref record)")
+        return history
