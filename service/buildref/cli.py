@@ -252,6 +252,49 @@ def cmd_refs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lookup(args: argparse.Namespace) -> int:
+    params: dict[str, object] = {"repository": args.repo, "ref": args.ref, "direct": args.direct}
+    if args.at:
+        params["at"] = parse_time(args.at)
+    if args.name:
+        params["name"] = args.name
+    result = _client(args).call("lookup", params)
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"{result['repository']} {result['ref']} = {result['rev']}")
+    if result["fallback"]:
+        fallback = result["fallback"]
+        print(f"no build of {result['rev'][:12]} yet; newest built ancestor {fallback['rev']} "
+              f"({fallback['commitsBehind']} commit(s) behind)")
+    for build in result["builds"]:
+        outs = " ".join(f"{name}={path}" for name, path in sorted(build["outputs"].items()))
+        state = "" if build["valid"] else "  (not in the store any more)"
+        print(f"distance {build['distance']}  {build['drvPath']}  {outs}{state}")
+    if not result["builds"]:
+        print("no builds found")
+    return 0
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    result = _client(args).call("why", {"what": args.what})
+    if args.json:
+        _print_json(result)
+        return 0
+    if "path" in result:
+        print(f"{result['path']} is output '{result['output']}' of {result['drvPath']}"
+              f" (built {_when(result['builtAt'])})")
+    for source in result["sources"]:
+        where = f"/{source['subdir']}" if source["subdir"] else ""
+        refs = ", ".join(source["refs"]) or "no ref"
+        print(f"{source['repository']}{where} at {source['rev']} ({refs}): {source['storePath']}")
+    if not result["sources"]:
+        print("no recorded revision")
+    for build in result.get("builds", []):
+        print(f"used by {build['drvPath']} (distance {build['distance']})")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     import time
 
@@ -402,6 +445,30 @@ def build_parser() -> argparse.ArgumentParser:
                           "Every recorded move of every ref of REPO: when it was seen and the revision.")
     refs.add_argument("repo", metavar="REPO")
     refs.set_defaults(handler=cmd_refs)
+
+    lookup = client_command(
+        "lookup", "the builds that came from a ref",
+        "Resolve REF (branch, tag, full or short rev) of REPO as recorded, now or --at a time, and list "
+        "the builds that used its source: distance 0 uses it directly (input source, or a fixed-output "
+        "derivation whose recursive hash is the tree's), then one step per derivation up the closure; "
+        "newest first within a distance. When the revision has no build, the newest first-parent "
+        "ancestor that has one is used (fallback).",
+    )
+    lookup.add_argument("repo", metavar="REPO")
+    lookup.add_argument("ref", metavar="REF")
+    lookup.add_argument("--at", metavar="T", help="where REF pointed at time T (epoch, ISO date, or age)")
+    lookup.add_argument("--name", metavar="GLOB", help="only derivations whose name matches GLOB")
+    lookup.add_argument("--direct", action="store_true", help="only derivations that use the source directly")
+    lookup.set_defaults(handler=cmd_lookup)
+
+    why = client_command(
+        "why", "the revision a store path came from",
+        "For an output of a recorded build: its derivation and the recorded revisions its closure "
+        "used, with the refs that pointed at them when it was built and now. For a NAR hash (SRI, "
+        "nix32 or hex): the repositories and revisions whose tree has it, and the builds that used it.",
+    )
+    why.add_argument("what", metavar="PATH|HASH")
+    why.set_defaults(handler=cmd_why)
     return parser
 
 

@@ -395,6 +395,114 @@ class Database:
             " WHERE r.name = ? AND v.rev = ? ORDER BY s.rule, s.subdir", (name, rev))
         return [{"subdir": d, "rule": r, "narHash": h, "storePath": p} for d, r, h, p in rows]
 
+    # -- matching builds and revisions (lookups)
+
+    async def repository_id(self, name: str) -> int | None:
+        rows = await self._rows("SELECT id FROM repositories WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    async def ref_target(self, repo_id: int, names: Sequence[str], at: float) -> tuple[str, str] | None:
+        """(ref, rev) of the first of ``names`` that pointed at a revision at time ``at``."""
+        for name in names:
+            rows = await self._rows(
+                "SELECT v.rev FROM ref_moves m LEFT JOIN revisions v ON v.id = m.rev_id"
+                " WHERE m.repo_id = ? AND m.ref = ? AND m.seen_at <= ? ORDER BY m.id DESC LIMIT 1",
+                (repo_id, name, at))
+            if rows and rows[0][0] is not None:
+                return name, rows[0][0]
+        return None
+
+    async def revs_with_prefix(self, repo_id: int, prefix: str) -> list[str]:
+        rows = await self._rows("SELECT rev FROM revisions WHERE repo_id = ? AND rev >= ? AND rev < ?",
+                                (repo_id, prefix, prefix + "g"))
+        return [rev for (rev,) in rows]
+
+    async def revision_sources(self, repo_id: int, rev: str) -> list[tuple[str, str, str, str]]:
+        """(subdir, rule, narHash, storePath) of a recorded revision."""
+        return [tuple(r) for r in await self._rows(
+            "SELECT s.subdir, s.rule, s.nar_hash, s.store_path FROM sources s"
+            " JOIN revisions v ON v.id = s.rev_id"
+            " WHERE v.repo_id = ? AND v.rev = ? ORDER BY s.rule, s.subdir", (repo_id, rev))]
+
+    async def users(self, store_paths: Sequence[str], nar_hashes: Sequence[str], max_distance: int
+                    ) -> dict[int, int]:
+        """Derivation id -> distance for derivations that use one of ``store_paths`` as an input
+        source, or are fixed-output derivations whose recursive hash is one of ``nar_hashes``
+        (distance 0), and those that depend on them (distance = steps up the closure graph)."""
+        if not store_paths and not nar_hashes:
+            return {}
+        paths = ",".join("?" * len(store_paths)) or "NULL"
+        hashes = ",".join("?" * len(nar_hashes)) or "NULL"
+        rows = await self._rows(
+            "WITH RECURSIVE users (drv_id, distance) AS ("
+            f" SELECT drv_id, 0 FROM src_inputs WHERE path IN ({paths})"
+            " UNION SELECT id, 0 FROM derivations WHERE fixed_mode = 'recursive'"
+            f" AND fixed_hash IN ({hashes})"
+            " UNION SELECT e.drv_id, u.distance + 1 FROM drv_inputs e JOIN users u ON e.input_id = u.drv_id"
+            " WHERE u.distance < ?)"
+            " SELECT drv_id, min(distance) FROM users GROUP BY drv_id",
+            [*store_paths, *nar_hashes, max_distance])
+        return dict(rows)
+
+    async def builds_of(self, drv_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """The newest build of each derivation in ``drv_ids`` that has one."""
+        found: list[dict[str, Any]] = []
+        for i in range(0, len(drv_ids), _CHUNK):
+            chunk = list(drv_ids[i:i + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            rows = await self._rows(
+                "SELECT b.drv_id, d.path, d.name, max(b.built_at), b.event_id FROM builds b"
+                f" JOIN derivations d ON d.id = b.drv_id WHERE b.drv_id IN ({marks})"
+                " GROUP BY b.drv_id", chunk)
+            for drv_id, path, name, built_at, event_id in rows:
+                outs = await self._rows("SELECT name, path FROM build_outputs WHERE event_id = ?",
+                                        (event_id,))
+                found.append({"drvId": drv_id, "drvPath": path, "name": name, "builtAt": built_at,
+                              "outputs": dict(outs)})
+        return found
+
+    async def built_output(self, path: str) -> tuple[int, str, str, float] | None:
+        """(drv id, drv path, output name, built at) of the newest build that produced ``path``."""
+        rows = await self._rows(
+            "SELECT b.drv_id, d.path, o.name, b.built_at FROM build_outputs o"
+            " JOIN builds b ON b.event_id = o.event_id JOIN derivations d ON d.id = b.drv_id"
+            " WHERE o.path = ? ORDER BY b.built_at DESC LIMIT 1", (path,))
+        return tuple(rows[0]) if rows else None
+
+    async def closure_sources(self, drv_id: int) -> list[tuple[str, str, str, str, str, int, str]]:
+        """Recorded sources used anywhere in the closure of a derivation: (storePath, repository,
+        rev, subdir, rule, revision id, narHash); by input source, or by a fixed-output derivation
+        whose recursive hash is the tree's."""
+        rows = await self._rows(
+            "WITH RECURSIVE closure (id) AS (SELECT ?"
+            " UNION SELECT e.input_id FROM drv_inputs e JOIN closure c ON e.drv_id = c.id)"
+            " SELECT DISTINCT s.store_path, r.name, v.rev, s.subdir, s.rule, v.id, s.nar_hash"
+            " FROM closure c JOIN src_inputs i ON i.drv_id = c.id JOIN sources s ON s.store_path = i.path"
+            " JOIN revisions v ON v.id = s.rev_id JOIN repositories r ON r.id = v.repo_id"
+            " UNION"
+            " SELECT DISTINCT s.store_path, r.name, v.rev, s.subdir, s.rule, v.id, s.nar_hash"
+            " FROM closure c JOIN derivations d ON d.id = c.id AND d.fixed_mode = 'recursive'"
+            " JOIN sources s ON s.nar_hash = d.fixed_hash"
+            " JOIN revisions v ON v.id = s.rev_id JOIN repositories r ON r.id = v.repo_id",
+            (drv_id,))
+        return [tuple(r) for r in rows]
+
+    async def sources_with_hash(self, nar_hash: str) -> list[tuple[str, str, str, str, str, int, str]]:
+        rows = await self._rows(
+            "SELECT s.store_path, r.name, v.rev, s.subdir, s.rule, v.id, s.nar_hash FROM sources s"
+            " JOIN revisions v ON v.id = s.rev_id JOIN repositories r ON r.id = v.repo_id"
+            " WHERE s.nar_hash = ?", (nar_hash,))
+        return [tuple(r) for r in rows]
+
+    async def refs_at(self, rev_id: int, at: float | None) -> list[str]:
+        """Refs whose latest move (up to ``at``; None: now) points at revision ``rev_id``."""
+        rows = await self._rows(
+            "SELECT m.ref, m.rev_id FROM ref_moves m WHERE m.id IN ("
+            " SELECT max(id) FROM ref_moves WHERE repo_id = (SELECT repo_id FROM revisions WHERE id = ?)"
+            " AND seen_at <= ? GROUP BY ref)",
+            (rev_id, at if at is not None else float("inf")))
+        return sorted(ref for ref, target in rows if target == rev_id)
+
     # -- queries
 
     async def event_counts(self) -> dict[str, int]:

@@ -108,6 +108,35 @@ class RefRecorder:
             "sourcesIndexed": sum(len(r.sources) for r in new),
         }
 
+    async def first_parents(self, spec: str, rev: str, depth: int) -> list[str]:
+        """Up to ``depth`` first-parent ancestors of ``rev``, nearest first."""
+        repo = self.repository(spec)
+
+        def walk(git: GitRepository) -> list[str]:
+            found: list[str] = []
+            commit = git.resolve(rev)
+            while commit.parents and len(found) < depth:
+                commit = commit.parents[0]
+                found.append(str(commit.id))
+            return found
+
+        async with self._lock:
+            git = await asyncio.to_thread(self._git, repo)
+            return await asyncio.to_thread(walk, git)
+
+    async def sources_of(self, spec: str, rev: str) -> list[tuple[str, str, str, str]]:
+        """(subdir, rule, narHash, storePath) of a revision, computed and kept if not yet recorded."""
+        repo = self.repository(spec)
+        if not await self._db.revisions_with_sources(repo.name, [rev]):
+            async with self._lock:
+                git = await asyncio.to_thread(self._git, repo)
+                commit_time = int((await asyncio.to_thread(git.resolve, rev)).commit_time)
+                row = RevisionRow(rev, commit_time, await asyncio.to_thread(_sources, git, rev))
+            await self._db.record_refs(repo.name, repo.path, repo.url, {}, [row], complete=False)
+        repo_id = await self._db.repository_id(repo.name)
+        assert repo_id is not None
+        return await self._db.revision_sources(repo_id, rev)
+
     async def history(self, spec: str) -> list[dict[str, Any]]:
         repo = self.repository(spec)
         history = await self._db.ref_history(repo.name)

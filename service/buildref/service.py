@@ -20,6 +20,7 @@ from buildref.db import Database, NewEvent
 from buildref.errors import BadConfig, BadRequest, BuildrefError
 from buildref.inbox import Inbox
 from buildref.indexer import Indexer
+from buildref.lookup import Lookups
 from buildref.nixcmd import Nix
 from buildref.protocol import (
     INVALID_PARAMS,
@@ -56,6 +57,7 @@ class Service:
         self._indexer: Indexer | None = None
         self._spool: Spool | None = None
         self._refs_recorder: RefRecorder | None = None
+        self._lookups: Lookups | None = None
 
     # -- hook socket
 
@@ -127,6 +129,7 @@ class Service:
     async def _dispatch(self, request: Request, peer: Peer) -> Any:
         handlers: dict[str, Callable[[Request], Awaitable[Any]]] = {
             "status": self.status, "builds": self._builds, "events": self._events, "refs": self._refs,
+            "lookup": self._lookup, "why": self._why,
         }
         if request.method == "record":
             return await self._record(request, peer)
@@ -195,6 +198,24 @@ class Service:
         assert self._refs_recorder is not None
         return await self._refs_recorder.history(_string(request, "repository"))
 
+    async def _lookup(self, request: Request) -> dict[str, Any]:
+        assert self._lookups is not None
+        at = request.params.get("at")
+        if at is not None:
+            at = _number(request, "at", 0.0)
+        glob = request.params.get("name")
+        if glob is not None and not isinstance(glob, str):
+            raise RequestError(INVALID_PARAMS, "error: 'name' must be a glob pattern", request.id)
+        direct = request.params.get("direct", False)
+        if not isinstance(direct, bool):
+            raise RequestError(INVALID_PARAMS, "error: 'direct' must be true or false", request.id)
+        return await self._lookups.lookup(_string(request, "repository"), _string(request, "ref"), at, glob,
+                                          direct)
+
+    async def _why(self, request: Request) -> dict[str, Any]:
+        assert self._lookups is not None
+        return await self._lookups.why(_string(request, "what"))
+
     # -- life cycle
 
     def _sockets(self) -> tuple[socket.socket, socket.socket, list[str]]:
@@ -234,6 +255,7 @@ class Service:
             self._inbox = inbox = Inbox(db, lambda _: indexer.wake())
             self._spool = spool = Spool(config.spool_dir, self._spooled_line)
             self._refs_recorder = RefRecorder(db, config.repositories, config.store_dir)
+            self._lookups = Lookups(db, self._refs_recorder, config.store_dir)
             hook_sock, query_sock, created = self._sockets()
             on_error = self._connection_error
             hook_server = await serve_lines(hook_sock, self._hook_line, self._hook_too_long,

@@ -1,0 +1,124 @@
+"""`buildref lookup` and `buildref why`, end to end: real flake builds through the hook, refs
+recorded before and after the builds, a fixed-output derivation matched by hash, and the fallback
+to an ancestor when a ref's tip has no build."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buildsets import flake_repo, salt
+from helpers import Nix, assert_error_line, git
+from servicectl import ServiceProcess, nix_build_json
+
+
+@pytest.fixture(scope="module")
+def system(nix: Nix) -> str:
+    value = nix.eval_json("builtins.currentSystem")
+    assert isinstance(value, str)
+    return value
+
+
+@pytest.fixture
+def service(tmp_path: Path, system: str) -> Iterator[ServiceProcess]:
+    repo = flake_repo(tmp_path, system)
+    svc = ServiceProcess(repository=[{"name": "app", "path": str(repo)}])
+    try:
+        yield svc.start()
+    finally:
+        svc.close()
+
+
+def run(service: ServiceProcess, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "buildref", *args, "--socket", str(service.query_socket)],
+                          capture_output=True, check=False)
+
+
+def cli_json(service: ServiceProcess, *args: str) -> dict[str, Any]:
+    proc = run(service, *args, "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def commit(repo: Path, text: str) -> str:
+    (repo / "data").write_text(text)
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", text)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def test_lookup_and_why_both_ways(nix: Nix, service: ServiceProcess, tmp_path: Path, system: str) -> None:
+    repo = tmp_path / "flake"
+    env = service.nix_env(nix.env)
+    v1 = git(repo, "rev-parse", "HEAD")
+    git(repo, "tag", "v1")
+    v2 = commit(repo, f"second {salt()}\n")
+    git(repo, "tag", "v2")
+
+    # v2 is built before any ref is recorded: the join finds it anyway
+    built_v2 = nix_build_json(env, f"git+file://{repo}?rev={v2}")
+    service.wait_idle()
+    cli_json(service, "record", "app")
+    built_v1 = nix_build_json(env, f"git+file://{repo}?rev={v1}")
+    service.wait_idle()
+
+    for ref, built, rev in (("v1", built_v1, v1), ("v2", built_v2, v2), ("main", built_v2, v2)):
+        result = cli_json(service, "lookup", "app", ref)
+        assert result["rev"] == rev and result["fallback"] is None
+        builds = result["builds"]
+        assert isinstance(builds, list) and builds
+        assert builds[0]["outputs"] == built[0]["outputs"] and builds[0]["distance"] == 0
+        assert builds[0]["valid"] is True
+        sources = result["sources"]
+        assert isinstance(sources, list) and any(s["subdir"] is None for s in sources)
+    assert cli_json(service, "lookup", "app", v1[:10])["rev"] == v1  # a short rev
+
+    out_v1 = built_v1[0]["outputs"]["out"]
+    why = cli_json(service, "why", out_v1)
+    assert why["drvPath"] == built_v1[0]["drvPath"] and why["output"] == "out"
+    sources = why["sources"]
+    assert isinstance(sources, list)
+    assert {(s["repository"], s["rev"], s["subdir"]) for s in sources} == {("app", v1, None)}
+    assert sources[0]["refs"] == ["refs/tags/v1"]
+
+    # by NAR hash, in any form: the revisions with that tree and the builds that used it
+    hash_argv = [sys.executable, "-m", "buildref", "hash", str(repo), "--rev", v1, "--json"]
+    info = json.loads(subprocess.run(hash_argv, capture_output=True, check=True).stdout)
+    nix32 = nix.run("nix", "hash", "to-base32", info["narHash"]).decode().strip()
+    for form in (info["narHash"], nix32):
+        by_hash = cli_json(service, "why", form)
+        assert [s["rev"] for s in by_hash["sources"]] == [v1]
+        assert [b["drvPath"] for b in by_hash["builds"]] == [built_v1[0]["drvPath"]]
+
+    # a fixed-output derivation whose declared hash is v1's tree matches v1 without fetching
+    fod = tmp_path / "fod.nix"
+    fod.write_text(f"""derivation {{ name = "fetched-app"; system = "{system}"; builder = "/bin/sh";
+      outputHashMode = "recursive"; outputHashAlgo = "sha256"; outputHash = "{info['narHash']}"; }}""")
+    fod_drv = nix.instantiate(fod)[0]
+    imported = run(service, "import", fod_drv, "--hook-socket", str(service.hook_socket))
+    assert imported.returncode == 0, imported.stderr.decode()
+    matched = cli_json(service, "lookup", "app", "v1", "--name", "fetched-*")
+    assert [b["drvPath"] for b in matched["builds"]] == [fod_drv]
+    assert matched["builds"][0]["valid"] is False  # never built: not in the store
+
+    # main moves on without a build: the newest built first-parent ancestor answers
+    commit(repo, f"third {salt()}\n")
+    cli_json(service, "record", "app")
+    result = cli_json(service, "lookup", "app", "main")
+    assert result["fallback"] == {"rev": v2, "commitsBehind": 1}
+    assert result["builds"][0]["outputs"] == built_v2[0]["outputs"]
+
+
+def test_lookup_errors(service: ServiceProcess) -> None:
+    assert_error_line(run(service, "lookup", "app", "v1"), "has not been recorded")
+    run(service, "record", "app")
+    assert_error_line(run(service, "lookup", "app", "nope"), "no recorded ref or revision 'nope'")
+    unknown = "/nix/store/" + "a" * 32 + "-x"
+    assert_error_line(run(service, "why", unknown), "not an output of a recorded build")
+    assert_error_line(run(service, "why", "not-a-hash"), "neither a store path")
