@@ -16,7 +16,7 @@ import pytest
 from buildref.git.source import GitRepository
 from buildref.git.tree_nar import TreeRule
 from helpers import Nix, assert_error_line, git
-from servicectl import ServiceProcess
+from servicectl import ServiceProcess, wait_for
 
 ODD_BRANCH = "it's;--odd\u00e9"
 
@@ -47,7 +47,17 @@ def repo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def service(repo: Path) -> Iterator[ServiceProcess]:
+def service() -> Iterator[ServiceProcess]:
+    """No configured repository: nothing is recorded until a test asks."""
+    svc = ServiceProcess()
+    try:
+        yield svc.start()
+    finally:
+        svc.close()
+
+
+@pytest.fixture
+def watched(repo: Path) -> Iterator[ServiceProcess]:
     svc = ServiceProcess(repository=[{"name": "app", "path": str(repo)}])
     try:
         yield svc.start()
@@ -68,7 +78,7 @@ def cli_json(service: ServiceProcess, *args: str) -> object:
 
 def test_record_keeps_ref_history_and_sources(nix: Nix, repo: Path, service: ServiceProcess) -> None:
     v1, v2 = git(repo, "rev-parse", "v1^{commit}"), git(repo, "rev-parse", "v2^{commit}")
-    result = cli_json(service, "record", "app")
+    result = cli_json(service, "record", str(repo))
     assert isinstance(result, dict)
     assert result["refs"] == {"HEAD": v2, "refs/heads/main": v2, f"refs/heads/{ODD_BRANCH}": v2,
                               "refs/tags/v1": v1, "refs/tags/v2": v2}
@@ -99,31 +109,31 @@ def test_record_keeps_ref_history_and_sources(nix: Nix, repo: Path, service: Ser
     # a new commit on main: main and HEAD move, the tags do not; history keeps both
     (repo / "README").write_text("v3\n")
     v3 = commit(repo, "three")
-    result = cli_json(service, "record", str(repo))  # by path: the configured repository
-    assert isinstance(result, dict) and result["repository"] == "app"
+    result = cli_json(service, "record", str(repo))
+    assert isinstance(result, dict) and result["repository"] == str(repo)
     assert sorted(m["ref"] for m in result["moved"]) == ["HEAD", "refs/heads/main"]
     assert result["revisionsIndexed"] == 1
-    history = cli_json(service, "refs", "app")
+    history = cli_json(service, "refs", str(repo))
     assert isinstance(history, list)
     main = [m["rev"] for m in history if m["ref"] == "refs/heads/main"]
     assert main == [v2, v3]
     assert [m["rev"] for m in history if m["ref"] == f"refs/heads/{ODD_BRANCH}"] == [v2]
 
     # recording again changes nothing; a deleted branch is recorded as deleted
-    again = cli_json(service, "record", "app")
+    again = cli_json(service, "record", str(repo))
     assert isinstance(again, dict) and again["moved"] == [] and again["revisionsIndexed"] == 0
     git(repo, "branch", "-D", ODD_BRANCH)
-    gone = cli_json(service, "record", "app")
+    gone = cli_json(service, "record", str(repo))
     assert isinstance(gone, dict) and gone["moved"] == [{"ref": f"refs/heads/{ODD_BRANCH}", "rev": None}]
-    text = cli(service, "refs", "app").stdout.decode()
+    text = cli(service, "refs", str(repo)).stdout.decode()
     assert f"(deleted)  refs/heads/{ODD_BRANCH}" in text
 
 
 def test_record_named_refs_and_errors(repo: Path, service: ServiceProcess, tmp_path: Path) -> None:
-    result = cli_json(service, "record", "app", "v1", ODD_BRANCH)
+    result = cli_json(service, "record", str(repo), "v1", ODD_BRANCH)
     assert isinstance(result, dict)
     assert sorted(result["refs"]) == [f"refs/heads/{ODD_BRANCH}", "refs/tags/v1"]
-    assert_error_line(cli(service, "record", "app", "no-such-ref"), "no ref 'no-such-ref'")
+    assert_error_line(cli(service, "record", str(repo), "no-such-ref"), "no ref 'no-such-ref'")
     assert_error_line(cli(service, "record", "elsewhere"), "no repository 'elsewhere'")
     not_git = tmp_path / "plain"
     not_git.mkdir()
@@ -138,12 +148,13 @@ def test_record_named_refs_and_errors(repo: Path, service: ServiceProcess, tmp_p
     assert isinstance(result, dict) and result["repository"] == str(other) and result["refs"]["HEAD"] == rev
 
 
-def test_only_owners_have_unconfigured_paths_recorded(service: ServiceProcess, tmp_path: Path) -> None:
+def test_only_owners_have_unconfigured_paths_recorded(watched: ServiceProcess, tmp_path: Path) -> None:
     """The query socket is open to every user and the service may read more than they can: a
     user names only configured repositories or their own (the kernel says who asks)."""
     nobody = pwd.getpwnam("nobody")
     as_nobody = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
                  sys.executable, "-m", "buildref"]
+    service = watched
     socket = ["--socket", str(service.query_socket)]
     other = tmp_path / "root-owned"
     subprocess.run(["git", "init", "-q", str(other)], check=True)
@@ -156,3 +167,31 @@ def test_only_owners_have_unconfigured_paths_recorded(service: ServiceProcess, t
     assert json.loads(allowed.stdout)["repository"] == "app"
     # root may name any path
     assert cli(service, "record", str(other)).returncode == 0
+
+
+def test_configured_repositories_are_watched(repo: Path, watched: ServiceProcess) -> None:
+    """Recorded at start, and again within moments of every ref change: a commit, a new tag, a
+    branch deleted (loose refs and packed-refs alike)."""
+    service = watched
+
+    def history() -> list[dict[str, object]]:
+        try:
+            return service.call("refs", {"repository": "app"})  # type: ignore[no-any-return]
+        except AssertionError:
+            return []
+
+    def moves_of(ref: str) -> list[object]:
+        return [m["rev"] for m in history() if m["ref"] == ref]
+
+    wait_for(lambda: moves_of("refs/heads/main") != [], what="the refs recorded at start")
+    (repo / "README").write_text("watched\n")
+    v3 = commit(repo, "three")
+    wait_for(lambda: moves_of("refs/heads/main")[-1:] == [v3], what="the commit on main")
+    git(repo, "tag", "v3")
+    wait_for(lambda: moves_of("refs/tags/v3") == [v3], what="the new tag")
+    git(repo, "pack-refs", "--all")  # refs now live in packed-refs: nothing moves
+    git(repo, "branch", "-D", ODD_BRANCH)
+    wait_for(lambda: moves_of(f"refs/heads/{ODD_BRANCH}")[-1:] == [None], what="the deleted branch")
+    assert moves_of("refs/tags/v3") == [v3] and moves_of("refs/tags/v1")[-1] is not None
+    log = service.log_lines()
+    assert any(line["event"] == "refs moved" for line in log)

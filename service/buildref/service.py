@@ -39,6 +39,7 @@ from buildref.protocol import (
 from buildref.refs import RefRecorder
 from buildref.sockets import Peer, inherited_sockets, listen_unix, notify, serve_lines
 from buildref.spool import Spool, spooled
+from buildref.watch import RepoWatcher
 
 SHUTDOWN_GRACE = 5.0  # seconds in-flight connections get to finish after SIGTERM
 INDEX_DRAIN = 60.0  # seconds SIGTERM waits for pending events to be indexed (the rest wait for next start)
@@ -256,6 +257,7 @@ class Service:
             self._spool = spool = Spool(config.spool_dir, self._spooled_line)
             self._refs_recorder = RefRecorder(db, config.repositories, config.store_dir)
             self._lookups = Lookups(db, self._refs_recorder, config.store_dir)
+            watcher = RepoWatcher(config.repositories, self._refs_recorder)
             hook_sock, query_sock, created = self._sockets()
             on_error = self._connection_error
             hook_server = await serve_lines(hook_sock, self._hook_line, self._hook_too_long,
@@ -267,6 +269,8 @@ class Service:
                 indexer_task = tasks.create_task(indexer.run())
                 spool.start_watching(loop)
                 spool_task = tasks.create_task(spool.run())
+                watcher.start(loop)
+                watch_task = tasks.create_task(watcher.run())
                 notify(f"READY=1\nSTATUS=serving on {config.hook.path} and {config.query.path}")
                 self._log.info("serving", hook=config.hook.path, query=config.query.path, database=db.path,
                                pid=os.getpid(), socket_activated=not created)
@@ -281,6 +285,8 @@ class Service:
                     await asyncio.sleep(0.01)
                 spool.stop_watching()
                 spool_task.cancel()
+                watcher.stop()
+                watch_task.cancel()
                 inbox.close()
                 await inbox_task
                 indexer.stop()

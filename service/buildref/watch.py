@@ -1,0 +1,101 @@
+"""Watching configured repositories: every change to ``HEAD``, ``packed-refs`` or ``refs/`` makes
+the service record the repository's refs (debounced: a push that moves ten refs is one pass)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from buildref.config import Repository
+from buildref.errors import BuildrefError
+from buildref.refs import RefRecorder
+
+DEBOUNCE = 0.2  # seconds of quiet before a pass
+
+
+def git_dir(path: str) -> str:
+    """Where a repository keeps HEAD and refs: ``path/.git`` (a directory, or a ``gitdir:`` file of a
+    worktree or submodule), or ``path`` itself for a bare repository."""
+    dot_git = os.path.join(path, ".git")
+    if os.path.isdir(dot_git):
+        return dot_git
+    if os.path.isfile(dot_git):
+        with open(dot_git) as f:
+            line = f.read().strip()
+        if line.startswith("gitdir:"):
+            return os.path.normpath(os.path.join(path, line.removeprefix("gitdir:").strip()))
+    return path
+
+
+def _is_ref_change(git: str, changed: str) -> bool:
+    rel = os.path.relpath(changed, git)
+    return rel in ("HEAD", "packed-refs") or rel == "refs" or rel.startswith("refs" + os.sep)
+
+
+class _RefChanges(FileSystemEventHandler):
+    """Runs in watchdog's thread: hands the repository's name to the loop when a ref file changes."""
+
+    def __init__(self, git: str, name: str, loop: asyncio.AbstractEventLoop,
+                 dirty: asyncio.Queue[str]) -> None:
+        self._git, self._name, self._loop, self._dirty = git, name, loop, dirty
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        paths = [str(event.src_path), str(getattr(event, "dest_path", "") or "")]
+        if any(p and _is_ref_change(self._git, p) for p in paths):
+            self._loop.call_soon_threadsafe(self._dirty.put_nowait, self._name)
+
+
+class RepoWatcher:
+    def __init__(self, repositories: tuple[Repository, ...], recorder: RefRecorder) -> None:
+        self._repos = repositories
+        self._recorder = recorder
+        self._dirty: asyncio.Queue[str] = asyncio.Queue()
+        self._observer: BaseObserver | None = None
+        self.passes = 0
+        self._log = structlog.get_logger("buildref.watch")
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        observer = Observer()
+        for repo in self._repos:
+            git = git_dir(repo.path)
+            if not os.path.isdir(git):
+                self._log.error("repository not found; not watched", repository=repo.name, path=repo.path)
+                continue
+            observer.schedule(_RefChanges(git, repo.name, loop, self._dirty), git, recursive=True)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    async def run(self) -> None:
+        """Record every configured repository now, then each one again after its refs change."""
+        for repo in self._repos:
+            self._dirty.put_nowait(repo.name)
+        while True:
+            names = {await self._dirty.get()}
+            await asyncio.sleep(DEBOUNCE)
+            while not self._dirty.empty():
+                names.add(self._dirty.get_nowait())
+            for name in sorted(names):
+                await self._record(name)
+
+    async def _record(self, name: str) -> None:
+        try:
+            result = await self._recorder.record(name, None)
+        except BuildrefError as e:
+            self._log.error("recording refs failed", repository=name, error=str(e))
+            return
+        self.passes += 1
+        if result["moved"]:
+            self._log.info("refs moved", repository=name, moved=result["moved"],
+                           sources=result["sourcesIndexed"])
