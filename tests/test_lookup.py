@@ -107,6 +107,11 @@ def test_lookup_and_why_both_ways(nix: Nix, service: ServiceProcess, tmp_path: P
     assert [b["drvPath"] for b in matched["builds"]] == [fod_drv]
     assert matched["builds"][0]["valid"] is False  # never built: not in the store
 
+    # every build from the repository, newest first
+    from_repo = run(service, "builds", "--repo", "app", "--json")
+    assert [b["drvPath"] for b in json.loads(from_repo.stdout)] == [
+        fod_drv, built_v1[0]["drvPath"], built_v2[0]["drvPath"]]
+
     # main moves on without a build: the newest built first-parent ancestor answers
     commit(repo, f"third {salt()}\n")
     cli_json(service, "record", "app")

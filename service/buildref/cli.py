@@ -219,7 +219,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_builds(args: argparse.Namespace) -> int:
     since = parse_time(args.since) if args.since else 0.0
-    builds = _client(args).call("builds", {"since": since, "limit": args.limit})
+    params: dict[str, object] = {"since": since, "limit": args.limit}
+    if args.repo:
+        params["repository"] = args.repo
+    builds = _client(args).call("builds", params)
     if args.json:
         _print_json(builds)
         return 0
@@ -414,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only builds from T on: seconds since the epoch, an ISO date, "
                              "or an age (30m, 2h, 7d)")
     builds.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    builds.add_argument("--repo", metavar="REPO",
+                        help="only builds that used a recorded revision of REPO (a configured name or path)")
     builds.set_defaults(handler=cmd_builds)
 
     import_ = client_command(

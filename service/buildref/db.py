@@ -424,6 +424,20 @@ class Database:
             " JOIN revisions v ON v.id = s.rev_id"
             " WHERE v.repo_id = ? AND v.rev = ? ORDER BY s.rule, s.subdir", (repo_id, rev))]
 
+    async def repository_users(self, repo_id: int, max_distance: int) -> dict[int, int]:
+        """As :meth:`users`, for the sources of every recorded revision of a repository."""
+        rows = await self._rows(
+            "WITH RECURSIVE users (drv_id, distance) AS ("
+            " SELECT i.drv_id, 0 FROM src_inputs i JOIN sources s ON s.store_path = i.path"
+            " JOIN revisions v ON v.id = s.rev_id WHERE v.repo_id = ?"
+            " UNION SELECT d.id, 0 FROM derivations d JOIN sources s ON s.nar_hash = d.fixed_hash"
+            " JOIN revisions v ON v.id = s.rev_id WHERE v.repo_id = ? AND d.fixed_mode = 'recursive'"
+            " UNION SELECT e.drv_id, u.distance + 1 FROM drv_inputs e JOIN users u ON e.input_id = u.drv_id"
+            " WHERE u.distance < ?)"
+            " SELECT drv_id, min(distance) FROM users GROUP BY drv_id",
+            (repo_id, repo_id, max_distance))
+        return dict(rows)
+
     async def users(self, store_paths: Sequence[str], nar_hashes: Sequence[str], max_distance: int
                     ) -> dict[int, int]:
         """Derivation id -> distance for derivations that use one of ``store_paths`` as an input

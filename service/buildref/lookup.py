@@ -90,6 +90,15 @@ class Lookups:
             "fallback": fallback,
         }
 
+    async def repository_builds(self, spec: str, since: float, limit: int) -> list[dict[str, Any]]:
+        """Builds that used a source of any recorded revision of a repository, newest first."""
+        _, repo_id = await self._repo_id(spec)
+        distance = await self._db.repository_users(repo_id, MAX_DISTANCE)
+        builds = [b for b in await self._db.builds_of(sorted(distance)) if b["builtAt"] >= since]
+        builds.sort(key=lambda b: -b["builtAt"])
+        return [{"drvPath": b["drvPath"], "name": b["name"], "builtAt": b["builtAt"], "outputs": b["outputs"],
+                 "distance": distance[b["drvId"]]} for b in builds[:limit]]
+
     async def why(self, what: str) -> dict[str, Any]:
         prefix = self._store_dir + "/"
         if what.startswith(prefix):

@@ -172,6 +172,10 @@ class Service:
         limit = int(_number(request, "limit", 100))
         if not 1 <= limit <= 100_000:
             raise RequestError(INVALID_PARAMS, "error: 'limit' must be between 1 and 100000", request.id)
+        repo = request.params.get("repository")
+        if repo is not None:
+            assert self._lookups is not None
+            return await self._lookups.repository_builds(_string(request, "repository"), since, limit)
         return await self._db.builds(since, limit)
 
     async def _events(self, request: Request) -> list[dict[str, Any]]:
