@@ -195,3 +195,18 @@ def test_configured_repositories_are_watched(repo: Path, watched: ServiceProcess
     assert moves_of("refs/tags/v3") == [v3] and moves_of("refs/tags/v1")[-1] is not None
     log = service.log_lines()
     assert any(line["event"] == "refs moved" for line in log)
+
+
+def test_urls_are_mirrored_under_the_state_dir(repo: Path, service: ServiceProcess) -> None:
+    url = "file://" + quote(str(repo))
+    first = cli_json(service, "record", url)
+    assert isinstance(first, dict) and first["repository"] == url
+    assert first["refs"]["refs/tags/v1"] == git(repo, "rev-parse", "v1^{commit}")
+    mirrors = list((service.base / "state" / "mirrors").iterdir())
+    assert len(mirrors) == 1 and (mirrors[0] / "HEAD").exists()  # bare
+    (repo / "README").write_text("upstream moved\n")
+    new = commit(repo, "upstream")
+    again = cli_json(service, "record", url)  # fetched before recording
+    assert isinstance(again, dict) and again["refs"]["refs/heads/main"] == new
+    assert {"ref": "refs/heads/main", "rev": new} in again["moved"]
+    assert_error_line(cli(service, "record", "file:///nonexistent/repo"), "git clone")

@@ -24,7 +24,7 @@ from buildref.localstore import DrvReader
 from buildref.nix.derivation import Derivation, Output, OutputKind
 from buildref.nix.drvhash import DrvHash, DrvHasher, verify
 from buildref.nix.storepath import StorePath, output_path_name, text_path
-from buildref.nixcmd import Nix
+from buildref.process import Nix
 
 BATCH = 64
 RETRY_DELAY = 1.0

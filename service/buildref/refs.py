@@ -4,13 +4,20 @@ paths of every revision a ref reaches, computed from git objects (``buildref rec
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import re
 from typing import Any
 
 from buildref.config import Repository
 from buildref.db import Database, RevisionRow, SourceRow
 from buildref.errors import GitError, UnknownRevision
 from buildref.git.source import GitRepository
+from buildref.process import mirror
+
+
+def _is_url(spec: str) -> bool:
+    return "://" in spec or bool(re.fullmatch(r"[\w.-]+@[\w.-]+:.+", spec))
 
 
 class UnknownRepository(GitError):
@@ -56,12 +63,19 @@ def _sources(repo: GitRepository, rev: str) -> tuple[SourceRow, ...]:
 
 
 class RefRecorder:
-    def __init__(self, db: Database, repositories: tuple[Repository, ...], store_dir: str) -> None:
+    def __init__(self, db: Database, repositories: tuple[Repository, ...], store_dir: str,
+                 mirrors: str) -> None:
         self._db = db
+        self._mirrors = mirrors
         self._configured = {r.name: r for r in repositories}
         self._store_dir = store_dir
         self._open: dict[str, GitRepository] = {}  # kept open: their tree memo makes the next tip cheap
         self._lock = asyncio.Lock()  # a GitRepository is not for two threads at once
+
+    def mirror_path(self, url: str) -> str:
+        digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git"))[:40]
+        return os.path.join(self._mirrors, f"{digest}-{base or 'repo'}.git")
 
     def repository(self, spec: str, uid: int | None = None) -> Repository:
         """A configured name, or the path of a repository (named by its absolute path). With
@@ -73,6 +87,13 @@ class RefRecorder:
         for repo in self._configured.values():
             if os.path.abspath(spec) == os.path.abspath(repo.path):
                 return repo
+        if _is_url(spec):
+            for repo in self._configured.values():
+                if repo.url == spec:
+                    return repo
+            if uid not in (None, 0):
+                raise UnknownRepository(f"'{spec}' is not configured: only root can have a URL mirrored")
+            return Repository(spec, self.mirror_path(spec), spec)
         if spec.startswith("/") and os.path.isdir(spec):
             path = os.path.abspath(spec)
             if uid not in (None, 0) and os.stat(path).st_uid != uid:
@@ -87,8 +108,13 @@ class RefRecorder:
             git = self._open[repo.path] = GitRepository(repo.path, self._store_dir)
         return git
 
-    async def record(self, spec: str, refs: list[str] | None, uid: int | None = None) -> dict[str, Any]:
+    async def record(self, spec: str, refs: list[str] | None, uid: int | None = None,
+                     fetch: bool = False) -> dict[str, Any]:
+        """Record ``spec``'s refs; with ``fetch``, a repository with a URL is fetched first (a URL
+        given as ``spec`` is mirrored under the state directory)."""
         repo = self.repository(spec, uid)
+        if repo.url is not None and (fetch or not os.path.isdir(repo.path)):
+            await mirror(repo.url, repo.path)
         async with self._lock:
             git = await asyncio.to_thread(self._git, repo)
             tips = await asyncio.to_thread(_list_refs, git, refs)

@@ -21,7 +21,7 @@ from buildref.errors import BadConfig, BadRequest, BuildrefError
 from buildref.inbox import Inbox
 from buildref.indexer import Indexer
 from buildref.lookup import Lookups
-from buildref.nixcmd import Nix
+from buildref.process import Nix
 from buildref.protocol import (
     INVALID_PARAMS,
     MAX_LINE,
@@ -194,7 +194,7 @@ class Service:
         repo, refs = _string(request, "repository"), request.params.get("refs")
         if refs is not None and (not isinstance(refs, list) or not all(isinstance(r, str) for r in refs)):
             raise RequestError(INVALID_PARAMS, "error: 'refs' must be a list of ref names", request.id)
-        result = await self._refs_recorder.record(repo, refs or None, peer.uid)
+        result = await self._refs_recorder.record(repo, refs or None, peer.uid, fetch=True)
         self._log.info("refs recorded", repository=result["repository"], moved=len(result["moved"]),
                        sources=result["sourcesIndexed"])
         return result
@@ -259,7 +259,8 @@ class Service:
             self._indexer = indexer = Indexer(db, Nix(config.nix_bin_dir), config.store_dir)
             self._inbox = inbox = Inbox(db, lambda _: indexer.wake())
             self._spool = spool = Spool(config.spool_dir, self._spooled_line)
-            self._refs_recorder = RefRecorder(db, config.repositories, config.store_dir)
+            self._refs_recorder = RefRecorder(db, config.repositories, config.store_dir,
+                                              os.path.join(config.state_dir, "mirrors"))
             self._lookups = Lookups(db, self._refs_recorder, config.store_dir)
             watcher = RepoWatcher(config.repositories, self._refs_recorder)
             hook_sock, query_sock, created = self._sockets()

@@ -1,7 +1,8 @@
-"""Asking Nix what only Nix knows — the one place buildref runs a subprocess.
+"""The one place buildref runs a subprocess: Nix, for what only Nix knows (the path a floating
+content-addressed output got), and git, to mirror repositories given by URL.
 
-Each Nix command is a small function that builds an argv, runs it through :func:`run` and parses
-what it printed. Today that is the path a floating content-addressed output got when it was built.
+Each command is a small function that builds an argv, runs it through :func:`run` and parses what
+it printed; a failure is reported as the exact command line and its status.
 """
 
 from __future__ import annotations
@@ -16,24 +17,24 @@ from buildref.errors import BuildrefError
 _TIMEOUT = 30.0
 
 
-class NixCommandFailed(BuildrefError):
-    """A Nix command that exited non-zero: the message is the exact command line and its status."""
+class CommandFailed(BuildrefError):
+    """A command that exited non-zero: the message is the exact command line and its status."""
 
 
-async def run(argv: list[str], timeout: float = _TIMEOUT) -> bytes:
+async def run(argv: list[str], timeout: float = _TIMEOUT, env: dict[str, str] | None = None) -> bytes:
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise NixCommandFailed(f"{shlex.join(argv)} timed out after {timeout:.0f} s") from None
+        raise CommandFailed(f"{shlex.join(argv)} timed out after {timeout:.0f} s") from None
     if proc.returncode != 0:
         last = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
-        raise NixCommandFailed(f"{shlex.join(argv)} exited with status {proc.returncode}: {last[0]}")
+        raise CommandFailed(f"{shlex.join(argv)} exited with status {proc.returncode}: {last[0]}")
     return out
 
 
@@ -61,5 +62,18 @@ class Nix:
                     out_path = f"{store_dir}/{out_path}"
                 found[name] = (realisation_id, out_path)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise NixCommandFailed(f"nix realisation info {drv_path}: unexpected output ({e})") from None
+            raise CommandFailed(f"nix realisation info {drv_path}: unexpected output ({e})") from None
         return found
+
+
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
+
+
+async def mirror(url: str, path: str, timeout: float = 600.0) -> None:
+    """Keep a bare mirror of ``url`` at ``path``: cloned the first time, fetched (pruned) after."""
+    env = {**os.environ, **_GIT_ENV}
+    if os.path.isdir(path):
+        await run(["git", "-C", path, "remote", "update", "--prune"], timeout, env)
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        await run(["git", "clone", "--mirror", "--quiet", "--", url, path], timeout, env)
