@@ -15,7 +15,7 @@ import pytest
 
 from buildsets import flake_repo, salt
 from helpers import Nix, assert_error_line, git
-from servicectl import ServiceProcess, nix_build_json
+from servicectl import ServiceProcess, nix_build_json, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +127,50 @@ def test_lookup_errors(service: ServiceProcess) -> None:
     unknown = "/nix/store/" + "a" * 32 + "-x"
     assert_error_line(run(service, "why", unknown), "not an output of a recorded build")
     assert_error_line(run(service, "why", "not-a-hash"), "neither a store path")
+
+
+def test_pinned_inputs_are_matched_through_flake_locks(nix: Nix, tmp_path: Path, system: str) -> None:
+    """A build that uses a revision pinned in a flake.lock — a configured file, or the flake.lock
+    of a watched repository's tip — is matched to it without that revision's repository."""
+    dep = tmp_path / "dep"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(dep)], check=True)
+    (dep / "lib.txt").write_text(f"library {salt()}\n")
+    git(dep, "add", "-A")
+    git(dep, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lib")
+    rev = git(dep, "rev-parse", "HEAD")
+    info = json.loads(subprocess.run([sys.executable, "-m", "buildref", "hash", str(dep), "--json"],
+                                     capture_output=True, check=True).stdout)
+    lock = {"version": 7, "root": "root", "nodes": {
+        "root": {"inputs": {"dep": "dep"}},
+        "dep": {"locked": {"type": "git", "url": f"file://{dep}", "rev": rev, "narHash": info["narHash"],
+                           "lastModified": info["lastModified"], "revCount": info["revCount"]},
+                "original": {"type": "git", "url": f"file://{dep}"}},
+    }}
+    infra = tmp_path / "infra"
+    infra.mkdir()
+    (infra / "flake.lock").write_text(json.dumps(lock))
+    app = flake_repo(tmp_path, system)
+    (app / "flake.lock").write_text(json.dumps(lock))
+    git(app, "add", "flake.lock")
+    git(app, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock")
+    app_rev = git(app, "rev-parse", "HEAD")
+
+    svc = ServiceProcess(flake_locks=[str(infra / "flake.lock")],
+                         repository=[{"name": "app", "path": str(app)}])
+    try:
+        svc.start()
+        user = tmp_path / "user.nix"
+        user.write_text(f"""let src = builtins.fetchGit {{ url = "{dep}"; rev = "{rev}"; }}; in
+          derivation {{ name = "uses-dep"; system = "{system}"; builder = "/bin/sh";
+            args = [ "-c" "read x < ${{src}}/lib.txt; echo $x > $out" ]; }}""")
+        built = nix_build_json(svc.nix_env(nix.env), "-f", str(user))
+        svc.wait_idle()
+        wait_for(lambda: any(line.get("event") == "flake.lock recorded" for line in svc.log_lines()),
+                 what="the configured flake.lock")
+        why = cli_json(svc, "why", built[0]["outputs"]["out"])
+        assert why["sources"] == []  # the dep repository itself was never recorded
+        found = {(x["lockFile"], x["input"], x["rev"], x["repository"]) for x in why["lockedInputs"]}
+        assert found == {(str(infra / "flake.lock"), "dep", rev, f"file://{dep}"),
+                         (f"app@{app_rev}:flake.lock", "dep", rev, f"file://{dep}")}
+    finally:
+        svc.close()

@@ -110,6 +110,19 @@ CREATE TABLE IF NOT EXISTS sources (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sources_path ON sources (store_path);
 CREATE INDEX IF NOT EXISTS sources_hash ON sources (nar_hash);
+CREATE TABLE IF NOT EXISTS locked_inputs (
+    lock_file TEXT NOT NULL,      -- a path, or <repository>@<rev>:flake.lock
+    input TEXT NOT NULL,          -- input path from the root, joined by "/"
+    type TEXT NOT NULL,
+    location TEXT NOT NULL,       -- url, or owner/repo
+    ref TEXT,
+    rev TEXT,
+    nar_hash TEXT NOT NULL,
+    store_path TEXT NOT NULL,     -- <narHash>-source
+    PRIMARY KEY (lock_file, input)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS locked_inputs_path ON locked_inputs (store_path);
+CREATE INDEX IF NOT EXISTS locked_inputs_hash ON locked_inputs (nar_hash);
 """
 
 _CHUNK = 500  # stays under SQLite's limit on bound parameters
@@ -378,6 +391,36 @@ class Database:
                 [(repo_id, ref, rev_ids.get(rev) if rev else None, now) for ref, rev in moves],
             )
         return moves
+
+    async def record_lock(self, lock_file: str,
+                          inputs: Sequence[tuple[str, str, str, str | None, str | None, str, str]]) -> None:
+        """Replace what is known of one flake.lock: (input, type, location, ref, rev, narHash,
+        storePath) per locked input."""
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM locked_inputs WHERE lock_file = ?", (lock_file,))
+            await conn.executemany(
+                "INSERT INTO locked_inputs"
+                " (lock_file, input, type, location, ref, rev, nar_hash, store_path)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(lock_file, *row) for row in inputs])
+
+    async def closure_locked_inputs(self, drv_id: int) -> list[dict[str, Any]]:
+        """Locked flake inputs whose source a derivation's closure uses (as an input source, or
+        by a fixed-output hash)."""
+        rows = await self._rows(
+            "WITH RECURSIVE closure (id) AS (SELECT ?"
+            " UNION SELECT e.input_id FROM drv_inputs e JOIN closure c ON e.drv_id = c.id)"
+            " SELECT DISTINCT l.store_path, l.nar_hash, l.location, l.type, l.ref, l.rev, l.lock_file,"
+            " l.input"
+            " FROM closure c JOIN src_inputs i ON i.drv_id = c.id"
+            " JOIN locked_inputs l ON l.store_path = i.path"
+            " UNION"
+            " SELECT DISTINCT l.store_path, l.nar_hash, l.location, l.type, l.ref, l.rev, l.lock_file,"
+            " l.input"
+            " FROM closure c JOIN derivations d ON d.id = c.id AND d.fixed_mode = 'recursive'"
+            " JOIN locked_inputs l ON l.nar_hash = d.fixed_hash",
+            (drv_id,))
+        return [{"storePath": p, "narHash": h, "repository": loc, "type": t, "ref": ref, "rev": rev,
+                 "lockFile": lock, "input": inp} for p, h, loc, t, ref, rev, lock, inp in rows]
 
     async def ref_history(self, name: str) -> list[dict[str, Any]] | None:
         rows = await self._rows("SELECT id FROM repositories WHERE name = ?", (name,))

@@ -109,7 +109,8 @@ class Lookups:
             drv_id, drv_path, output, built_at = found
             sources = await self._db.closure_sources(drv_id)
             return {"path": path, "drvPath": drv_path, "output": output, "builtAt": built_at,
-                    "sources": await self._with_refs(sources, built_at)}
+                    "sources": await self._with_refs(sources, built_at),
+                    "lockedInputs": await self._db.closure_locked_inputs(drv_id)}
         try:
             nar_hash = Hash.parse(what, HashAlgo.SHA256).sri
         except BadHash:

@@ -9,10 +9,13 @@ import os
 import re
 from typing import Any
 
+import structlog
+
 from buildref.config import Repository
 from buildref.db import Database, RevisionRow, SourceRow
-from buildref.errors import GitError, UnknownRevision
+from buildref.errors import BuildrefError, GitError, UnknownRevision
 from buildref.git.source import GitRepository
+from buildref.locks import LockRecorder
 from buildref.process import mirror
 
 
@@ -56,6 +59,13 @@ def _list_refs(repo: GitRepository, wanted: list[str] | None) -> dict[str, tuple
     return found
 
 
+def _flake_lock(repo: GitRepository, rev: str) -> bytes | None:
+    """The ``flake.lock`` at the root of a revision, if it has one."""
+    tree = repo.resolve(rev).tree
+    entry = tree["flake.lock"] if "flake.lock" in tree else None  # noqa: SIM401 - a pygit2 Tree has no get
+    return entry.data if entry is not None and entry.type_str == "blob" else None
+
+
 def _sources(repo: GitRepository, rev: str) -> tuple[SourceRow, ...]:
     commit = repo.resolve(rev)
     return tuple(SourceRow(s.subdir, s.rule.value, s.nar_hash.sri, s.store_path)
@@ -64,13 +74,15 @@ def _sources(repo: GitRepository, rev: str) -> tuple[SourceRow, ...]:
 
 class RefRecorder:
     def __init__(self, db: Database, repositories: tuple[Repository, ...], store_dir: str,
-                 mirrors: str) -> None:
+                 mirrors: str, locks: LockRecorder | None = None) -> None:
         self._db = db
+        self._locks = locks
         self._mirrors = mirrors
         self._configured = {r.name: r for r in repositories}
         self._store_dir = store_dir
         self._open: dict[str, GitRepository] = {}  # kept open: their tree memo makes the next tip cheap
         self._lock = asyncio.Lock()  # a GitRepository is not for two threads at once
+        self._log = structlog.get_logger("buildref.refs")
 
     def mirror_path(self, url: str) -> str:
         digest = hashlib.sha256(url.encode()).hexdigest()[:16]
@@ -123,6 +135,13 @@ class RefRecorder:
             times = {rev: t for rev, t in tips.values()}
             new = [RevisionRow(rev, times[rev], await asyncio.to_thread(_sources, git, rev))
                    for rev in revs if rev not in known]
+            locks = {r.rev: await asyncio.to_thread(_flake_lock, git, r.rev) for r in new}
+        for rev, text in locks.items():
+            if text is not None and self._locks is not None:  # a flake.lock at this revision
+                try:
+                    await self._locks.record_text(f"{repo.name}@{rev}:flake.lock", text)
+                except BuildrefError as e:  # a broken flake.lock in history must not stop the refs
+                    self._log.warning("flake.lock not recorded", repository=repo.name, rev=rev, error=str(e))
         targets = {ref: rev for ref, (rev, _) in tips.items()}
         moves = await self._db.record_refs(repo.name, repo.path, repo.url, targets, new,
                                            complete=refs is None)

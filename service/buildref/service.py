@@ -20,6 +20,7 @@ from buildref.db import Database, NewEvent
 from buildref.errors import BadConfig, BadRequest, BuildrefError
 from buildref.inbox import Inbox
 from buildref.indexer import Indexer
+from buildref.locks import LockRecorder
 from buildref.lookup import Lookups
 from buildref.process import Nix
 from buildref.protocol import (
@@ -259,10 +260,11 @@ class Service:
             self._indexer = indexer = Indexer(db, Nix(config.nix_bin_dir), config.store_dir)
             self._inbox = inbox = Inbox(db, lambda _: indexer.wake())
             self._spool = spool = Spool(config.spool_dir, self._spooled_line)
+            locks = LockRecorder(db, config.flake_locks, config.store_dir)
             self._refs_recorder = RefRecorder(db, config.repositories, config.store_dir,
-                                              os.path.join(config.state_dir, "mirrors"))
+                                              os.path.join(config.state_dir, "mirrors"), locks)
             self._lookups = Lookups(db, self._refs_recorder, config.store_dir)
-            watcher = RepoWatcher(config.repositories, self._refs_recorder)
+            watcher = RepoWatcher(config.repositories, self._refs_recorder, locks)
             hook_sock, query_sock, created = self._sockets()
             on_error = self._connection_error
             hook_server = await serve_lines(hook_sock, self._hook_line, self._hook_too_long,

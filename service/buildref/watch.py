@@ -13,9 +13,12 @@ from watchdog.observers.api import BaseObserver
 
 from buildref.config import Repository
 from buildref.errors import BuildrefError
+from buildref.locks import LockRecorder
 from buildref.refs import RefRecorder
 
 DEBOUNCE = 0.2  # seconds of quiet before a pass
+
+Dirty = asyncio.Queue[tuple[str, str]]  # ("repo", name) or ("lock", path)
 
 
 def git_dir(path: str) -> str:
@@ -41,20 +44,31 @@ class _RefChanges(FileSystemEventHandler):
     """Runs in watchdog's thread: hands the repository's name to the loop when a ref file changes."""
 
     def __init__(self, git: str, name: str, loop: asyncio.AbstractEventLoop,
-                 dirty: asyncio.Queue[str]) -> None:
+                 dirty: Dirty) -> None:
         self._git, self._name, self._loop, self._dirty = git, name, loop, dirty
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         paths = [str(event.src_path), str(getattr(event, "dest_path", "") or "")]
         if any(p and _is_ref_change(self._git, p) for p in paths):
-            self._loop.call_soon_threadsafe(self._dirty.put_nowait, self._name)
+            self._loop.call_soon_threadsafe(self._dirty.put_nowait, ("repo", self._name))
+
+
+class _FileChanges(FileSystemEventHandler):
+    def __init__(self, path: str, loop: asyncio.AbstractEventLoop, dirty: Dirty) -> None:
+        self._path, self._loop, self._dirty = path, loop, dirty
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if self._path in (str(event.src_path), str(getattr(event, "dest_path", "") or "")):
+            self._loop.call_soon_threadsafe(self._dirty.put_nowait, ("lock", self._path))
 
 
 class RepoWatcher:
-    def __init__(self, repositories: tuple[Repository, ...], recorder: RefRecorder) -> None:
+    def __init__(self, repositories: tuple[Repository, ...], recorder: RefRecorder,
+                 locks: LockRecorder) -> None:
         self._repos = repositories
         self._recorder = recorder
-        self._dirty: asyncio.Queue[str] = asyncio.Queue()
+        self._locks = locks
+        self._dirty: Dirty = asyncio.Queue()  # ("repo", name) or ("lock", path)
         self._observer: BaseObserver | None = None
         self.passes = 0
         self._log = structlog.get_logger("buildref.watch")
@@ -67,6 +81,10 @@ class RepoWatcher:
                 self._log.error("repository not found; not watched", repository=repo.name, path=repo.path)
                 continue
             observer.schedule(_RefChanges(git, repo.name, loop, self._dirty), git, recursive=True)
+        for path in self._locks.paths:
+            directory = os.path.dirname(os.path.abspath(path))
+            if os.path.isdir(directory):
+                observer.schedule(_FileChanges(os.path.abspath(path), loop, self._dirty), directory)
         observer.daemon = True
         observer.start()
         self._observer = observer
@@ -80,14 +98,19 @@ class RepoWatcher:
     async def run(self) -> None:
         """Record every configured repository now, then each one again after its refs change."""
         for repo in self._repos:
-            self._dirty.put_nowait(repo.name)
+            self._dirty.put_nowait(("repo", repo.name))
+        for path in self._locks.paths:
+            self._dirty.put_nowait(("lock", os.path.abspath(path)))
         while True:
             names = {await self._dirty.get()}
             await asyncio.sleep(DEBOUNCE)
             while not self._dirty.empty():
                 names.add(self._dirty.get_nowait())
-            for name in sorted(names):
-                await self._record(name)
+            for kind, key in sorted(names):
+                if kind == "lock":
+                    await self._locks.record_file(key)
+                else:
+                    await self._record(key)
 
     async def _record(self, name: str) -> None:
         try:
