@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -172,5 +174,59 @@ def test_pinned_inputs_are_matched_through_flake_locks(nix: Nix, tmp_path: Path,
         found = {(x["lockFile"], x["input"], x["rev"], x["repository"]) for x in why["lockedInputs"]}
         assert found == {(str(infra / "flake.lock"), "dep", rev, f"file://{dep}"),
                          (f"app@{app_rev}:flake.lock", "dep", rev, f"file://{dep}")}
+    finally:
+        svc.close()
+
+
+def test_subdirectory_fetchgit_at_and_odd_names(nix: Nix, tmp_path: Path, system: str) -> None:
+    """A derivation that uses only ./sub of the flake, one that uses builtins.fetchGit of the
+    repository, `lookup --at`, and a repository name no shell or SQL string should survive."""
+    repo = tmp_path / "odd repo"
+    (repo / "sub").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / "sub" / "part.txt").write_text(f"part {salt()}\n")
+    (repo / "flake.nix").write_text(f"""{{
+  outputs = {{ self }}: {{
+    packages.{system}.sub = derivation {{
+      name = "only-sub"; system = "{system}"; builder = "/bin/sh";
+      args = [ "-c" "read x < ${{./sub}}/part.txt; echo $x > $out" ];
+    }};
+  }};
+}}
+""")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    v1 = git(repo, "rev-parse", "HEAD")
+    name = "it's; app '-- \"x\" \u00e9"
+    svc = ServiceProcess(repository=[{"name": name, "path": str(repo)}])
+    try:
+        svc.start()
+        env = svc.nix_env(nix.env)
+        url = "file://" + quote(str(repo))
+        sub_build = nix_build_json(env, f"git+{url}?ref=main&rev={v1}#sub")
+        fetch = tmp_path / "fetch.nix"
+        fetch.write_text(f"""let src = builtins.fetchGit {{ url = "{url}"; ref = "main"; rev = "{v1}"; }}; in
+          derivation {{ name = "fetched"; system = "{system}"; builder = "/bin/sh";
+            args = [ "-c" "read x < ${{src}}/sub/part.txt; echo $x > $out" ]; }}""")
+        fetch_build = nix_build_json(env, "-f", str(fetch))
+        svc.wait_idle()
+        wait_for(lambda: svc.call("refs", {"repository": name}) != [], what="the refs recorded at start")
+        before_move = time.time()
+        result = cli_json(svc, "lookup", name, "main")
+        assert result["repository"] == name and result["rev"] == v1
+        by_drv = {b["drvPath"]: b for b in result["builds"]}
+        assert by_drv[sub_build[0]["drvPath"]]["outputs"] == sub_build[0]["outputs"]
+        assert by_drv[fetch_build[0]["drvPath"]]["outputs"] == fetch_build[0]["outputs"]
+        assert all(b["distance"] == 0 for b in result["builds"])
+        why = cli_json(svc, "why", sub_build[0]["outputs"]["out"])
+        assert [(s["repository"], s["rev"], s["subdir"]) for s in why["sources"]] == [(name, v1, "sub")]
+
+        time.sleep(0.05)
+        (repo / "README").write_text("two\n")
+        git(repo, "add", "-A")
+        git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "two")
+        v2 = git(repo, "rev-parse", "HEAD")
+        wait_for(lambda: cli_json(svc, "lookup", name, "main")["rev"] == v2, what="main to move")
+        assert cli_json(svc, "lookup", name, "main", "--at", str(before_move))["rev"] == v1
     finally:
         svc.close()
