@@ -5,3 +5,4 @@ cd "$ROOT/bench"
 python drv_show.py "$@"
 python git_hash.py "$@"
 python service.py
+python lookup.py

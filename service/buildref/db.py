@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS outputs (
     PRIMARY KEY (drv_id, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outputs_path ON outputs (path);
+CREATE INDEX IF NOT EXISTS derivations_fixed ON derivations (fixed_hash) WHERE fixed_mode = 'recursive';
 CREATE TABLE IF NOT EXISTS drv_inputs (
     drv_id INTEGER NOT NULL REFERENCES derivations (id),
     input_id INTEGER NOT NULL REFERENCES derivations (id),
@@ -100,6 +101,7 @@ CREATE TABLE IF NOT EXISTS ref_moves (
     seen_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ref_moves_ref ON ref_moves (repo_id, ref, id);
+CREATE INDEX IF NOT EXISTS ref_moves_rev ON ref_moves (rev_id);
 CREATE TABLE IF NOT EXISTS sources (
     rev_id INTEGER NOT NULL REFERENCES revisions (id),
     subdir TEXT NOT NULL,         -- "" for the root
@@ -403,24 +405,19 @@ class Database:
                 " (lock_file, input, type, location, ref, rev, nar_hash, store_path)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(lock_file, *row) for row in inputs])
 
-    async def closure_locked_inputs(self, drv_id: int) -> list[dict[str, Any]]:
-        """Locked flake inputs whose source a derivation's closure uses (as an input source, or
-        by a fixed-output hash)."""
-        rows = await self._rows(
-            "WITH RECURSIVE closure (id) AS (SELECT ?"
-            " UNION SELECT e.input_id FROM drv_inputs e JOIN closure c ON e.drv_id = c.id)"
-            " SELECT DISTINCT l.store_path, l.nar_hash, l.location, l.type, l.ref, l.rev, l.lock_file,"
-            " l.input"
-            " FROM closure c JOIN src_inputs i ON i.drv_id = c.id"
-            " JOIN locked_inputs l ON l.store_path = i.path"
-            " UNION"
-            " SELECT DISTINCT l.store_path, l.nar_hash, l.location, l.type, l.ref, l.rev, l.lock_file,"
-            " l.input"
-            " FROM closure c JOIN derivations d ON d.id = c.id AND d.fixed_mode = 'recursive'"
-            " JOIN locked_inputs l ON l.nar_hash = d.fixed_hash",
-            (drv_id,))
-        return [{"storePath": p, "narHash": h, "repository": loc, "type": t, "ref": ref, "rev": rev,
-                 "lockFile": lock, "input": inp} for p, h, loc, t, ref, rev, lock, inp in rows]
+    async def locked_inputs_of(self, paths: Sequence[str], hashes: Sequence[str]) -> list[dict[str, Any]]:
+        """Locked flake inputs whose source is among ``paths`` or whose hash is among ``hashes``."""
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for column, values in (("store_path", paths), ("nar_hash", hashes)):
+            for i in range(0, len(values), _CHUNK):
+                chunk = list(values[i:i + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                for p, h, loc, t, ref, rev, lock, inp in await self._rows(
+                    "SELECT store_path, nar_hash, location, type, ref, rev, lock_file, input"
+                    f" FROM locked_inputs WHERE {column} IN ({marks})", chunk):
+                    found[(lock, inp)] = {"storePath": p, "narHash": h, "repository": loc, "type": t,
+                                          "ref": ref, "rev": rev, "lockFile": lock, "input": inp}
+        return [found[k] for k in sorted(found)]
 
     async def ref_history(self, name: str) -> list[dict[str, Any]] | None:
         rows = await self._rows("SELECT id FROM repositories WHERE name = ?", (name,))
@@ -526,39 +523,51 @@ class Database:
             " WHERE o.path = ? ORDER BY b.built_at DESC LIMIT 1", (path,))
         return tuple(rows[0]) if rows else None
 
-    async def closure_sources(self, drv_id: int) -> list[tuple[str, str, str, str, str, int, str]]:
-        """Recorded sources used anywhere in the closure of a derivation: (storePath, repository,
-        rev, subdir, rule, revision id, narHash); by input source, or by a fixed-output derivation
-        whose recursive hash is the tree's."""
-        rows = await self._rows(
+    async def closure_inputs(self, drv_id: int) -> tuple[list[str], list[str]]:
+        """The input sources, and the recursive fixed-output hashes, used anywhere in the closure
+        of a derivation (itself included)."""
+        ids = [i for (i,) in await self._rows(
             "WITH RECURSIVE closure (id) AS (SELECT ?"
             " UNION SELECT e.input_id FROM drv_inputs e JOIN closure c ON e.drv_id = c.id)"
-            " SELECT DISTINCT s.store_path, r.name, v.rev, s.subdir, s.rule, v.id, s.nar_hash"
-            " FROM closure c JOIN src_inputs i ON i.drv_id = c.id JOIN sources s ON s.store_path = i.path"
-            " JOIN revisions v ON v.id = s.rev_id JOIN repositories r ON r.id = v.repo_id"
-            " UNION"
-            " SELECT DISTINCT s.store_path, r.name, v.rev, s.subdir, s.rule, v.id, s.nar_hash"
-            " FROM closure c JOIN derivations d ON d.id = c.id AND d.fixed_mode = 'recursive'"
-            " JOIN sources s ON s.nar_hash = d.fixed_hash"
-            " JOIN revisions v ON v.id = s.rev_id JOIN repositories r ON r.id = v.repo_id",
-            (drv_id,))
-        return [tuple(r) for r in rows]
+            " SELECT id FROM closure", (drv_id,))]
+        paths: list[str] = []
+        hashes: list[str] = []
+        for i in range(0, len(ids), _CHUNK):  # by key, in chunks: no join for the planner to misjudge
+            chunk = ids[i:i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            paths += [p for (p,) in await self._rows(
+                f"SELECT path FROM src_inputs WHERE drv_id IN ({marks})", chunk)]
+            hashes += [h for (h,) in await self._rows(
+                f"SELECT fixed_hash FROM derivations WHERE id IN ({marks})"
+                " AND fixed_mode = 'recursive'", chunk)]
+        return sorted(set(paths)), sorted(set(hashes))
 
-    async def sources_with_hash(self, nar_hash: str) -> list[tuple[str, str, str, str, str, int, str]]:
-        rows = await self._rows(
-            "SELECT s.store_path, r.name, v.rev, s.subdir, s.rule, v.id, s.nar_hash FROM sources s"
-            " JOIN revisions v ON v.id = s.rev_id JOIN repositories r ON r.id = v.repo_id"
-            " WHERE s.nar_hash = ?", (nar_hash,))
-        return [tuple(r) for r in rows]
+    async def recorded_sources(self, paths: Sequence[str], hashes: Sequence[str]
+                              ) -> list[tuple[str, str, str, str, str, int, str]]:
+        """Recorded revision sources among input source ``paths`` or with one of the fixed-output
+        ``hashes``: (storePath, repository, rev, subdir, rule, revision id, narHash)."""
+        found: set[tuple[str, str, str, str, str, int, str]] = set()
+        for column, values in (("store_path", paths), ("nar_hash", hashes)):
+            for i in range(0, len(values), _CHUNK):
+                chunk = list(values[i:i + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                rows = await self._rows(
+                    "SELECT s.store_path, r.name, v.rev, s.subdir, s.rule, v.id, s.nar_hash FROM sources s"
+                    " JOIN revisions v ON v.id = s.rev_id JOIN repositories r ON r.id = v.repo_id"
+                    f" WHERE s.{column} IN ({marks})", chunk)
+                found.update(tuple(r) for r in rows)
+        return sorted(found)
 
     async def refs_at(self, rev_id: int, at: float | None) -> list[str]:
         """Refs whose latest move (up to ``at``; None: now) points at revision ``rev_id``."""
+        # Only refs that ever pointed at the revision can point at it now; each is checked by its
+        # latest move up to ``at`` (both by index, whatever the length of the history).
         rows = await self._rows(
-            "SELECT m.ref, m.rev_id FROM ref_moves m WHERE m.id IN ("
-            " SELECT max(id) FROM ref_moves WHERE repo_id = (SELECT repo_id FROM revisions WHERE id = ?)"
-            " AND seen_at <= ? GROUP BY ref)",
-            (rev_id, at if at is not None else float("inf")))
-        return sorted(ref for ref, target in rows if target == rev_id)
+            "SELECT c.ref FROM (SELECT DISTINCT repo_id, ref FROM ref_moves WHERE rev_id = ?) c"
+            " WHERE (SELECT m.rev_id FROM ref_moves m WHERE m.repo_id = c.repo_id AND m.ref = c.ref"
+            " AND m.seen_at <= ? ORDER BY m.id DESC LIMIT 1) = ?",
+            (rev_id, at if at is not None else float("inf"), rev_id))
+        return sorted(ref for (ref,) in rows)
 
     # -- queries
 

@@ -27,6 +27,10 @@ class Lookups:
         self._store_dir = store_dir
 
     async def _repo_id(self, spec: str) -> tuple[str, int]:
+        """A recorded repository by the name it was recorded under, or as ``record`` names it."""
+        repo_id = await self._db.repository_id(spec)
+        if repo_id is not None:
+            return spec, repo_id
         repo = self._recorder.repository(spec)
         repo_id = await self._db.repository_id(repo.name)
         if repo_id is None:
@@ -75,9 +79,12 @@ class Lookups:
         builds = await self._builds(sources, direct, name_glob)
         fallback = None
         if not builds:
-            ancestors = await self._recorder.first_parents(spec, rev, FALLBACK_DEPTH)
+            try:
+                ancestors = await self._recorder.first_parents(name, rev, FALLBACK_DEPTH)
+            except BuildrefError:  # the repository is not at hand any more: no history to walk
+                ancestors = []
             for behind, ancestor in enumerate(ancestors, start=1):
-                found = await self._builds(await self._recorder.sources_of(spec, ancestor), direct, name_glob)
+                found = await self._builds(await self._recorder.sources_of(name, ancestor), direct, name_glob)
                 if found:
                     fallback, builds = {"rev": ancestor, "commitsBehind": behind}, found
                     break
@@ -107,16 +114,17 @@ class Lookups:
             if found is None:
                 raise BuildrefError(f"'{path}' is not an output of a recorded build")
             drv_id, drv_path, output, built_at = found
-            sources = await self._db.closure_sources(drv_id)
+            paths, hashes = await self._db.closure_inputs(drv_id)
+            sources = await self._db.recorded_sources(paths, hashes)
             return {"path": path, "drvPath": drv_path, "output": output, "builtAt": built_at,
                     "sources": await self._with_refs(sources, built_at),
-                    "lockedInputs": await self._db.closure_locked_inputs(drv_id)}
+                    "lockedInputs": await self._db.locked_inputs_of(paths, hashes)}
         try:
             nar_hash = Hash.parse(what, HashAlgo.SHA256).sri
         except BadHash:
             raise BuildrefError(f"'{what}' is neither a store path in {self._store_dir} "
                                 "nor a NAR hash") from None
-        sources = await self._db.sources_with_hash(nar_hash)
+        sources = await self._db.recorded_sources([], [nar_hash])
         rows = [(subdir, rule, h, path) for path, _, _, subdir, rule, _, h in sources]
         return {"narHash": nar_hash, "sources": await self._with_refs(sources, None),
                 "builds": await self._builds(rows, False, None) if rows else []}
