@@ -101,6 +101,7 @@ CREATE TABLE IF NOT EXISTS ref_moves (
     seen_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ref_moves_ref ON ref_moves (repo_id, ref, id);
+CREATE INDEX IF NOT EXISTS ref_moves_time ON ref_moves (repo_id, ref, seen_at, id);
 CREATE INDEX IF NOT EXISTS ref_moves_rev ON ref_moves (rev_id);
 CREATE TABLE IF NOT EXISTS sources (
     rev_id INTEGER NOT NULL REFERENCES revisions (id),
@@ -446,7 +447,8 @@ class Database:
         for name in names:
             rows = await self._rows(
                 "SELECT v.rev FROM ref_moves m LEFT JOIN revisions v ON v.id = m.rev_id"
-                " WHERE m.repo_id = ? AND m.ref = ? AND m.seen_at <= ? ORDER BY m.id DESC LIMIT 1",
+                " WHERE m.repo_id = ? AND m.ref = ? AND m.seen_at <= ? ORDER BY m.seen_at DESC, m.id DESC"
+                " LIMIT 1",
                 (repo_id, name, at))
             if rows and rows[0][0] is not None:
                 return name, rows[0][0]
@@ -565,7 +567,7 @@ class Database:
         rows = await self._rows(
             "SELECT c.ref FROM (SELECT DISTINCT repo_id, ref FROM ref_moves WHERE rev_id = ?) c"
             " WHERE (SELECT m.rev_id FROM ref_moves m WHERE m.repo_id = c.repo_id AND m.ref = c.ref"
-            " AND m.seen_at <= ? ORDER BY m.id DESC LIMIT 1) = ?",
+            " AND m.seen_at <= ? ORDER BY m.seen_at DESC, m.id DESC LIMIT 1) = ?",
             (rev_id, at if at is not None else float("inf"), rev_id))
         return sorted(ref for (ref,) in rows)
 
