@@ -1,8 +1,8 @@
 """buildref demo: start `buildref serve` on a temporary state directory, build three revisions of a
 git repository with real Nix — whose post-build-hook is buildref's hook, so every build is recorded
-by the service — then match builds and commits in both directions: `buildref builds` for what was
-recorded, `buildref hash` for each revision's source path (no checkout, no Nix), and `buildref drv
-show` for what each build used.
+by the service — then tag two of them, `buildref record` the repository, and ask both questions:
+`buildref lookup REPO REF` (which build came from this ref?) and `buildref why PATH` (which commit
+did this store path come from?).
 
 Run through examples/demo.sh, which installs what it needs first.
 """
@@ -124,25 +124,33 @@ def run(work: Path) -> None:
     print(f"   {sum(r['ok'] for r in results)} of {len(results)} derivations match what Nix wrote")
 
     print("\n3. buildref hash: each revision's source as Nix stores it (no checkout, no Nix):")
-    source_of = {}
     for rev in revs:
         info = buildref("hash", str(repo), "--rev", rev)
         assert isinstance(info, dict)
-        source_of[info["storePath"]] = rev
         print(f"   {rev[:12]}  {info['narHash']}  {info['storePath']}")
 
-    print("\n4. Lookups, answered by joining the recorded builds with the source paths:")
-    commit_of = {}
-    for out, drv in builds.items():
-        shown = buildref("drv", "show", drv)
-        assert isinstance(shown, dict)
-        commits = [source_of[s] for s in shown[drv]["inputSrcs"] if s in source_of]
-        commit_of[out] = commits[0] if commits else None
-        print(f"   {out} came from commit {commit_of[out] or '(unknown)'}")
-    tip = sh("git", "rev-parse", "main", cwd=repo)
-    built = [out for out, commit in commit_of.items() if commit == tip]
-    print(f"   main ({tip[:12]}) was built as {built[0] if built else '(not built)'}")
+    print("\n4. buildref record: the repository's refs, and each revision's source paths:")
+    for tag, rev in (("v1", revs[0]), ("v2", revs[1])):
+        sh("git", "tag", tag, rev, cwd=repo)
+    recorded = buildref("record", str(repo))
+    assert isinstance(recorded, dict)
+    for ref, rev in recorded["refs"].items():
+        print(f"   {rev[:12]}  {ref}")
 
+    print("\n5. buildref lookup REPO REF -> the build that came from it:")
+    for ref in ("v1", "v2", "main"):
+        found = buildref("lookup", str(repo), ref)
+        assert isinstance(found, dict)
+        outs = [b["outputs"].get("out") for b in found["builds"]]
+        print(f"   {ref:<5} {found['rev'][:12]}  ->  {outs[0] if outs else '(no build)'}")
+
+    print("\n6. buildref why PATH -> the commit (and refs) it came from:")
+    for out in builds:
+        why = buildref("why", out)
+        assert isinstance(why, dict)
+        for source in why["sources"]:
+            refs = ", ".join(source["refs"]) or "no ref"
+            print(f"   {out}  <-  {source['rev'][:12]} ({refs})")
 
 if __name__ == "__main__":
     main()
