@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 
 import pytest
 
 from helpers import Nix
+from servicectl import ServiceProcess
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +18,20 @@ def nix(tmp_path_factory: pytest.TempPathFactory) -> Nix:
     if missing:
         pytest.fail(f"real Nix is required: {', '.join(missing)} not on PATH (apt-get install nix-bin)")
     return Nix(tmp_path_factory.mktemp("nixhome"))
+
+
+@pytest.fixture(scope="session")
+def system(nix: Nix) -> str:
+    value = nix.eval_json("builtins.currentSystem")
+    assert isinstance(value, str)
+    return value
+
+
+@pytest.fixture
+def service() -> Iterator[ServiceProcess]:
+    """A running service with no configured repository."""
+    svc = ServiceProcess()
+    try:
+        yield svc.start()
+    finally:
+        svc.close()

@@ -20,13 +20,6 @@ from helpers import Nix, assert_error_line, git
 from servicectl import ServiceProcess, nix_build_json, wait_for
 
 
-@pytest.fixture(scope="module")
-def system(nix: Nix) -> str:
-    value = nix.eval_json("builtins.currentSystem")
-    assert isinstance(value, str)
-    return value
-
-
 @pytest.fixture
 def service(tmp_path: Path, system: str) -> Iterator[ServiceProcess]:
     repo = flake_repo(tmp_path, system)

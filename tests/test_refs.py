@@ -47,16 +47,6 @@ def repo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def service() -> Iterator[ServiceProcess]:
-    """No configured repository: nothing is recorded until a test asks."""
-    svc = ServiceProcess()
-    try:
-        yield svc.start()
-    finally:
-        svc.close()
-
-
-@pytest.fixture
 def watched(repo: Path) -> Iterator[ServiceProcess]:
     svc = ServiceProcess(repository=[{"name": "app", "path": str(repo)}])
     try:

@@ -8,30 +8,11 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from buildsets import build_set, flake_repo, salt
 from helpers import Nix, assert_error_line
 from servicectl import ServiceProcess, nix_build_json, run_hook, wait_for
-
-
-@pytest.fixture(scope="module")
-def system(nix: Nix) -> str:
-    value = nix.eval_json("builtins.currentSystem")
-    assert isinstance(value, str)
-    return value
-
-
-@pytest.fixture
-def service() -> Iterator[ServiceProcess]:
-    svc = ServiceProcess()
-    try:
-        yield svc.start()
-    finally:
-        svc.close()
 
 
 def buildref_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -15,8 +15,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 from buildsets import build_set, salt
 from helpers import Nix
 from servicectl import ServiceProcess, nix_build_json, run_hook, wait_for
@@ -33,13 +31,6 @@ def many_drvs(nix: Nix, directory: Path, count: int, system: str) -> list[str]:
     drvs = nix.instantiate(path)
     assert len(drvs) == count
     return drvs
-
-
-@pytest.fixture(scope="module")
-def system(nix: Nix) -> str:
-    value = nix.eval_json("builtins.currentSystem")
-    assert isinstance(value, str)
-    return value
 
 
 def test_sigkill_during_a_burst_loses_nothing_and_duplicates_nothing(nix: Nix, system: str,

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from buildref import __version__
 from buildref.errors import BuildrefError
@@ -161,6 +161,15 @@ def _client(args: argparse.Namespace) -> QueryClient:
     return QueryClient(client_socket(args.socket))
 
 
+def _query(args: argparse.Namespace, method: str, params: dict[str, object] | None = None) -> Any:
+    """Ask the service; with --json, print its answer and return None (the caller is done)."""
+    result = _client(args).call(method, params)
+    if args.json:
+        _print_json(result)
+        return None
+    return result
+
+
 def _when(value: float | None) -> str:
     import datetime
 
@@ -194,9 +203,8 @@ def parse_time(text: str) -> float:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _client(args).call("status")
-    if args.json:
-        _print_json(status)
+    status = _query(args, "status")
+    if status is None:
         return 0
     events, since = status["events"], status["sinceStart"]
     db = status["database"]
@@ -222,9 +230,8 @@ def cmd_builds(args: argparse.Namespace) -> int:
     params: dict[str, object] = {"since": since, "limit": args.limit}
     if args.repo:
         params["repository"] = args.repo
-    builds = _client(args).call("builds", params)
-    if args.json:
-        _print_json(builds)
+    builds = _query(args, "builds", params)
+    if builds is None:
         return 0
     for build in builds:
         outs = " ".join(f"{name}={path}" for name, path in build["outputs"].items())
@@ -234,9 +241,8 @@ def cmd_builds(args: argparse.Namespace) -> int:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    result = _client(args).call("record", {"repository": args.repo, "refs": args.refs or None})
-    if args.json:
-        _print_json(result)
+    result = _query(args, "record", {"repository": args.repo, "refs": args.refs or None})
+    if result is None:
         return 0
     for ref, rev in result["refs"].items():
         print(f"{rev}\t{ref}")
@@ -246,9 +252,8 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_refs(args: argparse.Namespace) -> int:
-    history = _client(args).call("refs", {"repository": args.repo})
-    if args.json:
-        _print_json(history)
+    history = _query(args, "refs", {"repository": args.repo})
+    if history is None:
         return 0
     for move in history:
         print(f"{_when(move['seenAt'])}  {move['rev'] or '(deleted)'}  {move['ref']}")
@@ -261,9 +266,8 @@ def cmd_lookup(args: argparse.Namespace) -> int:
         params["at"] = parse_time(args.at)
     if args.name:
         params["name"] = args.name
-    result = _client(args).call("lookup", params)
-    if args.json:
-        _print_json(result)
+    result = _query(args, "lookup", params)
+    if result is None:
         return 0
     print(f"{result['repository']} {result['ref']} = {result['rev']}")
     if result["fallback"]:
@@ -280,9 +284,8 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
 
 def cmd_why(args: argparse.Namespace) -> int:
-    result = _client(args).call("why", {"what": args.what})
-    if args.json:
-        _print_json(result)
+    result = _query(args, "why", {"what": args.what})
+    if result is None:
         return 0
     if "path" in result:
         print(f"{result['path']} is output '{result['output']}' of {result['drvPath']}"
