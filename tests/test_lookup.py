@@ -5,6 +5,7 @@ to an ancestor when a ref's tip has no build."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -223,3 +224,37 @@ def test_subdirectory_fetchgit_at_and_odd_names(nix: Nix, tmp_path: Path, system
         assert cli_json(svc, "lookup", name, "main", "--at", str(before_move))["rev"] == v1
     finally:
         svc.close()
+
+
+def test_deploy_script_uses_the_cached_build_and_builds_only_when_needed(
+        nix: Nix, service: ServiceProcess, tmp_path: Path) -> None:
+    repo = tmp_path / "flake"
+    v1 = git(repo, "rev-parse", "HEAD")
+    git(repo, "tag", "v1")
+    v2 = commit(repo, f"second {salt()}\n")
+    git(repo, "tag", "v2")
+    env = service.nix_env(nix.env)
+    built_v1 = nix_build_json(env, f"git+file://{repo}?rev={v1}")
+    service.wait_idle()
+    run(service, "record", "app")
+    script = Path(__file__).resolve().parent.parent / "examples" / "deploy.sh"
+    env = {**env, "BUILDREF_SOCKET": str(service.query_socket),
+           "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}
+    attr = f"packages.{nix.eval_json('builtins.currentSystem')}.default"
+    target = tmp_path / "current"
+
+    cached = subprocess.run([str(script), str(repo), "v1", attr, str(target)], env=env, capture_output=True,
+                            check=False)
+    assert cached.returncode == 0, cached.stderr.decode()
+    assert "already built" in cached.stderr.decode()
+    assert cached.stdout.decode().strip() == built_v1[0]["outputs"]["out"] == os.readlink(target)
+
+    fresh = subprocess.run([str(script), str(repo), "v2", attr, str(target)], env=env, capture_output=True,
+                           check=False)
+    assert fresh.returncode == 0, fresh.stderr.decode()
+    assert "building it" in fresh.stderr.decode()
+    out = fresh.stdout.decode().strip()
+    assert os.readlink(target) == out
+    service.wait_idle()  # the build went through the hook: now lookup knows it
+    assert cli_json(service, "lookup", "app", "v2")["builds"][0]["outputs"]["out"] == out
+    assert cli_json(service, "lookup", "app", "v2")["rev"] == v2
