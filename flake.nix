@@ -27,6 +27,44 @@
         services.buildref.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.buildref;
       };
 
+      # A NixOS VM: the module enabled, a derivation built (the daemon runs the hook), then found
+      # by the ref of the repository its source came from. Not run here (no nixpkgs offline).
+      checks.x86_64-linux.vm = nixpkgs.legacyPackages.x86_64-linux.testers.runNixOSTest {
+        name = "buildref";
+        nodes.machine = { pkgs, ... }: {
+          imports = [ self.nixosModules.default ];
+          services.buildref.enable = true;
+          services.buildref.repositories = [ { name = "app"; path = "/srv/app"; } ];
+          nix.settings.experimental-features = [ "nix-command" ];
+          environment.systemPackages = [ self.packages.x86_64-linux.buildref pkgs.git ];
+          virtualisation.writableStore = true;
+        };
+        testScript = ''
+          machine.wait_for_unit("buildref-hook.socket")
+          machine.wait_for_unit("buildref-query.socket")
+          machine.succeed(
+              "mkdir -p /srv/app && cd /srv/app && git init -q -b main && echo hello > data"
+              " && git add data && git -c user.name=t -c user.email=t@t commit -qm one && git tag v1"
+          )
+          machine.succeed("cat > /tmp/demo.nix <<'NIX'\n"
+              "let src = builtins.fetchGit /srv/app; in derivation {\n"
+              "  name = \"demo\"; system = builtins.currentSystem; builder = \"/bin/sh\";\n"
+              "  args = [ \"-c\" \"read x < ''${src}/data; echo $x > $out\" ];\n"
+              "}\nNIX")
+          out = machine.succeed("nix-build /tmp/demo.nix --no-out-link").strip()
+          machine.wait_until_succeeds(f"buildref builds --json | grep -F {out}")
+          machine.succeed("buildref record app")  # /srv/app did not exist when the watcher started
+          machine.succeed("buildref refs app | grep -F refs/tags/v1")
+          machine.succeed(f"buildref lookup app v1 --json | grep -F {out}")
+          machine.succeed(f"buildref why {out} | grep -F refs/tags/v1")
+          machine.succeed("systemctl stop buildref.service")
+          # builds go on (the hook socket starts the service again, or the hook spools)
+          machine.succeed("nix-build /tmp/demo.nix --no-out-link --check")
+          machine.succeed("systemctl start buildref.service")
+          machine.wait_until_succeeds("buildref status | grep -F 'spool        0 file(s)'")
+        '';
+      };
+
       devShells = forAll (pkgs: {
         default = pkgs.mkShell {
           packages = [
