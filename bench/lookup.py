@@ -17,21 +17,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from buildref.db import Database
+from common import Service
 
 
 def fake_path(kind: str, i: int, name: str) -> str:
@@ -131,53 +129,11 @@ async def _create(path: str) -> None:
     await db.close()
 
 
-def call(sock_path: str, method: str, params: dict[str, Any]) -> Any:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(sock_path)
-        sock.sendall(
-            json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode() + b"\n"
-        )
-        data = b""
-        while not data.endswith(b"\n"):
-            data += sock.recv(1 << 20)
-    reply = json.loads(data)
-    if "error" in reply:
-        raise SystemExit(f"{method} {params}: {reply['error']}")
-    return reply["result"]
-
-
 def percentiles(times: list[float]) -> str:
     times = sorted(times)
     p50 = statistics.median(times) * 1000
     p99 = times[int(len(times) * 0.99) - 1] * 1000
     return f"p50 {p50:6.2f} ms   p99 {p99:6.2f} ms"
-
-
-class Service:
-    def __init__(self, base: Path, extra: str = "") -> None:
-        self.query = str(base / "query.sock")
-        config = base / "buildref.toml"
-        config.write_text(
-            f'state_dir = "{base}/state"\n{extra}\n[hook]\nsocket = "{base}/hook.sock"\n'
-            f'[query]\nsocket = "{self.query}"\n[log]\nformat = "json"\n'
-        )
-        self.log = (base / "serve.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "buildref", "serve", "--config", str(config)],
-            stdout=self.log,
-            stderr=self.log,
-        )
-        while True:
-            try:
-                call(self.query, "status", {})
-                return
-            except OSError:
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
-        self.log.close()
 
 
 def bench_queries(tmp: Path, args: argparse.Namespace) -> None:
@@ -197,7 +153,7 @@ def bench_queries(tmp: Path, args: argparse.Namespace) -> None:
         for _ in range(args.queries):
             tag = rng.choice(tags)
             t = time.perf_counter()
-            result = call(svc.query, "lookup", {"repository": "app", "ref": tag})
+            result = svc.call("lookup", {"repository": "app", "ref": tag})
             times.append(time.perf_counter() - t)
             assert result["builds"] and result["builds"][0]["distance"] == 0, result
         print(f"{'lookup app <tag> (at the service)':<44} {percentiles(times)}   (goal p99 <= 5 ms)")
@@ -206,7 +162,7 @@ def bench_queries(tmp: Path, args: argparse.Namespace) -> None:
             i = rng.randrange(1, args.revisions + 1)
             drv = info["drvs"] - 2 * args.revisions + 2 * i - 1
             t = time.perf_counter()
-            result = call(svc.query, "why", {"what": fake_path("oo", drv, f"pkg{drv}-out")})
+            result = svc.call("why", {"what": fake_path("oo", drv, f"pkg{drv}-out")})
             times.append(time.perf_counter() - t)
             assert result["sources"] and result["sources"][0]["rev"] == f"{i:040x}", result
         print(f"{'why <output path> (at the service)':<44} {percentiles(times)}   (goal p99 <= 5 ms)")
@@ -239,7 +195,7 @@ def bench_ref_move(tmp: Path, files: int) -> None:
             try:
                 return [
                     m["rev"]
-                    for m in call(svc.query, "refs", {"repository": "big"})
+                    for m in svc.call("refs", {"repository": "big"})
                     if m["ref"] == "refs/heads/main"
                 ]
             except SystemExit:

@@ -18,67 +18,21 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import nix_env, run, timed
+from common import Service, nix_env, run, timed
 from drv_show import expression
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = str(ROOT / "hook" / "buildref-hook")
 PYTHON = "/usr/bin/python3"
 CONCURRENCY = 16
-
-
-class Service:
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        base.mkdir(exist_ok=True)
-        self.hook = base / "hook.sock"
-        self.query = base / "query.sock"
-        self.spool = base / "state" / "spool"
-        config = base / "buildref.toml"
-        config.write_text(f'state_dir = "{base}/state"\n[hook]\nsocket = "{self.hook}"\n'
-                          f'[query]\nsocket = "{self.query}"\n[log]\nformat = "json"\n')
-        self.log = base / "serve.log"
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "buildref", "serve", "--config", str(config)],
-                                         stdout=log, stderr=log)
-        while True:
-            try:
-                self.call("status")
-                break
-            except OSError:
-                time.sleep(0.05)
-
-    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.connect(str(self.query))
-            sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
-                                     "params": params or {}}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                data += sock.recv(65536)
-        return json.loads(data)["result"]
-
-    def wait_idle(self) -> None:
-        while self.call("status")["queueDepth"]:
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=120)
-
-    def index_times(self) -> list[float]:
-        return [json.loads(line)["ms"] / 1000 for line in self.log.read_text().splitlines()
-                if '"event": "indexed"' in line]
 
 
 def _wall(argv: list[str], env: dict[str, str], n: int) -> float:

@@ -204,7 +204,8 @@ def test_subdirectory_fetchgit_at_and_odd_names(nix: Nix, tmp_path: Path, system
             args = [ "-c" "read x < ${{src}}/sub/part.txt; echo $x > $out" ]; }}""")
         fetch_build = nix_build_json(env, "-f", str(fetch))
         svc.wait_idle()
-        wait_for(lambda: svc.call("refs", {"repository": name}) != [], what="the refs recorded at start")
+        # `refs` is an error until the watcher's first pass has recorded the repository
+        wait_for(lambda: run(svc, "refs", name).returncode == 0, what="the refs recorded at start")
         before_move = time.time()
         result = cli_json(svc, "lookup", name, "main")
         assert result["repository"] == name and result["rev"] == v1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from buildref.errors import BadConfig
@@ -170,6 +169,3 @@ def client_socket(arg: str | None) -> str:
 def client_hook_socket(arg: str | None) -> str:
     return arg or os.environ.get("BUILDREF_HOOK_SOCKET") or DEFAULT_HOOK_SOCKET
 
-
-def ensure_dir(path: str, mode: int = 0o755) -> None:
-    Path(path).mkdir(mode=mode, parents=True, exist_ok=True)

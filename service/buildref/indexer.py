@@ -14,7 +14,6 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
@@ -95,7 +94,6 @@ class Indexer:
         self._stopping = False
         self.indexed = 0
         self.failed = 0
-        self.busy = False
         self._log = structlog.get_logger("buildref.indexer")
 
     def wake(self) -> None:
@@ -115,17 +113,13 @@ class Indexer:
                     return
                 await self._wake.wait()
                 continue
-            self.busy = True
-            try:
-                for event in events:
-                    try:
-                        await self.index(event)
-                    except Exception:  # the database itself failed: keep the event, retry later
-                        self._log.exception("indexing failed; retrying later", drv=event.drv)
-                        await asyncio.sleep(RETRY_DELAY)
-                        break
-            finally:
-                self.busy = False
+            for event in events:
+                try:
+                    await self.index(event)
+                except Exception:  # the database itself failed: keep the event, retry later
+                    self._log.exception("indexing failed; retrying later", drv=event.drv)
+                    await asyncio.sleep(RETRY_DELAY)
+                    break
 
     async def index(self, event: PendingEvent) -> None:
         start = time.perf_counter()
@@ -224,6 +218,3 @@ def _inputs_of(reader: DrvReader, paths: list[str]) -> list[str]:
         result.extend(reader.parsed_inputs(path))  # new ones are split for hashing anyway
     return result
 
-
-def stats(indexer: Indexer) -> dict[str, Any]:
-    return {"indexed": indexer.indexed, "failed": indexer.failed, "busy": indexer.busy}

@@ -84,15 +84,15 @@ class DrvReader:
             drvs, srcs = references(self.data(path))
         except BadDerivation as e:
             raise BadDerivation(f"{path}: {e.args[0]}") from None
-        drv_srcs = [p for p in srcs if p.endswith(".drv")]
-        return [self._inner(p, path) for p in drvs] + [self._inner(p, path) for p in drv_srcs]
+        return self._drv_inputs(path, drvs, srcs)
 
     def parsed_inputs(self, path: str) -> list[str]:
         """As :meth:`inputs`, from the whole file checked and split (when it will be anyway)."""
         _, sections = self.split(path)
-        drv_srcs = [p for p in sections.input_srcs if p.endswith(".drv")]
-        inner = [p for p, _ in sections.input_drvs] + drv_srcs
-        return [self._inner(p, path) for p in inner]
+        return self._drv_inputs(path, [p for p, _ in sections.input_drvs], sections.input_srcs)
+
+    def _drv_inputs(self, path: str, drvs: Iterable[str], srcs: Iterable[str]) -> list[str]:
+        return [self._inner(p, path) for p in (*drvs, *(s for s in srcs if s.endswith(".drv")))]
 
     def closure(self, roots: Iterable[str]) -> list[str]:
         """The derivations ``roots`` depend on, roots included (see :meth:`inputs`)."""

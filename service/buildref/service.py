@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
+from watchdog.observers import Observer
 
 from buildref import __version__
 from buildref.config import Config
@@ -274,9 +275,12 @@ class Service:
             async with asyncio.TaskGroup() as tasks:
                 inbox_task = tasks.create_task(inbox.run())
                 indexer_task = tasks.create_task(indexer.run())
-                spool.start_watching(loop)
+                observer = Observer()  # one watchdog thread for the spool and the repositories
+                observer.daemon = True
+                spool.watch(observer, loop)
+                watcher.watch(observer, loop)
+                observer.start()
                 spool_task = tasks.create_task(spool.run())
-                watcher.start(loop)
                 watch_task = tasks.create_task(watcher.run())
                 notify(f"READY=1\nSTATUS=serving on {config.hook.path} and {config.query.path}")
                 self._log.info("serving", hook=config.hook.path, query=config.query.path, database=db.path,
@@ -290,9 +294,9 @@ class Service:
                 deadline = time.monotonic() + SHUTDOWN_GRACE
                 while self._active and time.monotonic() < deadline:
                     await asyncio.sleep(0.01)
-                spool.stop_watching()
+                observer.stop()
+                observer.join(timeout=5)
                 spool_task.cancel()
-                watcher.stop()
                 watch_task.cancel()
                 inbox.close()
                 await inbox_task

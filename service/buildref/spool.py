@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 SUFFIX = ".json"
@@ -31,35 +30,28 @@ def spooled(spool_dir: str) -> list[str]:
     return sorted(os.path.join(spool_dir, n) for n in names if n.endswith(SUFFIX) and not n.startswith("."))
 
 
+class _NewFiles(FileSystemEventHandler):
+    """Runs in watchdog's thread: wakes the drain on the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
+        self._loop, self._wake = loop, wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("created", "moved", "modified"):
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+
 class Spool:
     def __init__(self, spool_dir: str, accept: Accept) -> None:
         self.dir = spool_dir
         self._accept = accept
         self._wake = asyncio.Event()
-        self._observer: BaseObserver | None = None
-        self.drained = 0
         self._log = structlog.get_logger("buildref.spool")
 
-    def start_watching(self, loop: asyncio.AbstractEventLoop) -> None:
+    def watch(self, observer: BaseObserver, loop: asyncio.AbstractEventLoop) -> None:
+        """Have ``observer`` (the service's one watchdog thread) wake :meth:`run` on new files."""
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        wake = self._wake
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                if event.event_type in ("created", "moved", "modified"):
-                    loop.call_soon_threadsafe(wake.set)
-
-        observer = Observer()
-        observer.schedule(Handler(), self.dir, recursive=False)
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
-
-    def stop_watching(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-            self._observer = None
+        observer.schedule(_NewFiles(loop, self._wake), self.dir, recursive=False)
 
     async def run(self) -> None:
         """Drain now, then again after every change in the directory (until cancelled). A drain
@@ -90,7 +82,6 @@ class Spool:
             await self._accept(line)  # commits the event, or keeps it as failed with its error
             os.unlink(path)
             count += 1
-        self.drained += count
         if count:
             self._log.info("spool drained", events=count)
         return count

@@ -8,7 +8,6 @@ import os
 
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from buildref.config import Repository
@@ -69,12 +68,10 @@ class RepoWatcher:
         self._recorder = recorder
         self._locks = locks
         self._dirty: Dirty = asyncio.Queue()  # ("repo", name) or ("lock", path)
-        self._observer: BaseObserver | None = None
-        self.passes = 0
         self._log = structlog.get_logger("buildref.watch")
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        observer = Observer()
+    def watch(self, observer: BaseObserver, loop: asyncio.AbstractEventLoop) -> None:
+        """Have ``observer`` (the service's one watchdog thread) report ref and lock file changes."""
         for repo in self._repos:
             git = git_dir(repo.path)
             if not os.path.isdir(git):
@@ -85,15 +82,6 @@ class RepoWatcher:
             directory = os.path.dirname(os.path.abspath(path))
             if os.path.isdir(directory):
                 observer.schedule(_FileChanges(os.path.abspath(path), loop, self._dirty), directory)
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
-
-    def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-            self._observer = None
 
     async def run(self) -> None:
         """Record every configured repository now, then each one again after its refs change."""
@@ -118,7 +106,6 @@ class RepoWatcher:
         except BuildrefError as e:
             self._log.error("recording refs failed", repository=name, error=str(e))
             return
-        self.passes += 1
         if result["moved"]:
             self._log.info("refs moved", repository=name, moved=result["moved"],
                            sources=result["sourcesIndexed"])
