@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import Service, nix_env, run, timed
+from common import nix_env, run, start_service, timed
 from drv_show import expression
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,9 +103,8 @@ def main() -> None:
         nix_time, _ = timed(["nix", "show-derivation", "-r", top], env, repeat=args.repeat)
         cold = []
         for i in range(args.repeat):
-            svc = Service(Path(tempfile.mkdtemp(prefix=f"c{i}", dir=tmp)))
-            hook_env = {"BUILDREF_HOOK_SOCKET": str(svc.hook), "BUILDREF_SPOOL_DIR": str(svc.spool),
-                        "DRV_PATH": top, "OUT_PATHS": ""}
+            svc = start_service(Path(tempfile.mkdtemp(prefix=f"c{i}", dir=tmp)))
+            hook_env = {**svc.hook_env(), "DRV_PATH": top, "OUT_PATHS": ""}
             subprocess.run([HOOK], env=hook_env, check=True)
             svc.wait_idle()
             status = svc.call("status")
@@ -116,11 +115,10 @@ def main() -> None:
         _ratio(f"index cold closure ({len(drvs)} drvs)", ours, nix_time, "nix show-derivation -r", 1.5)
 
         # 1. hook wall time
-        svc = Service(tmp / "live")
+        svc = start_service(tmp / "live")
         base_env = {"PATH": os.environ["PATH"]}
         floor = _wall([PYTHON, "-I", "-S", "-c", "pass"], base_env, args.hooks)
-        live_env = {**base_env, "BUILDREF_HOOK_SOCKET": str(svc.hook), "BUILDREF_SPOOL_DIR": str(svc.spool),
-                    "DRV_PATH": top, "OUT_PATHS": ""}
+        live_env = {**base_env, **svc.hook_env(), "DRV_PATH": top, "OUT_PATHS": ""}
         live = _wall([HOOK], live_env, args.hooks)
         down_spool = tmp / "down-spool"
         down_env = {**live_env, "BUILDREF_HOOK_SOCKET": str(tmp / "nobody.sock"),
@@ -139,7 +137,7 @@ def main() -> None:
               f"python3 -I -S -c pass {floor_rate:8.0f} runs/s   ratio {floor_rate / hook_rate:5.2f}")
         svc.wait_idle()
         start_status = svc.call("status")
-        rate = asyncio.run(_protocol_rate(str(svc.hook), drvs, args.events))
+        rate = asyncio.run(_protocol_rate(str(svc.hook_socket), drvs, args.events))
         groups = svc.call("status")["sinceStart"]["commitGroups"] - start_status["sinceStart"]["commitGroups"]
         print(f"{'ingest, 16 concurrent hook-protocol clients':<44} {rate:8.0f} events/s acked "
               f"({args.events} events in {groups} commits)  (goal >= 1000)")

@@ -21,4 +21,6 @@ VENV="${BUILDREF_VENV:-$ROOT/.venv}"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"
 export PATH="$VENV/bin:$PATH"
 export NIX_REMOTE=""
-export NIX_CONFIG=$'sandbox = false\nsubstituters =\nbuild-users-group =\nexperimental-features = nix-command flakes ca-derivations impure-derivations\nwarn-dirty = false'
+# The isolated Nix configuration, defined once (tests/nix.conf): the tests and benchmarks read it too.
+NIX_CONFIG="$(cat "$ROOT/tests/nix.conf")"
+export NIX_CONFIG

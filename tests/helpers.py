@@ -8,13 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-NIX_CONFIG = "\n".join([
-    "sandbox = false",
-    "substituters =",
-    "build-users-group =",
-    "experimental-features = nix-command flakes ca-derivations impure-derivations",
-    "warn-dirty = false",
-])
+# The isolated configuration (no sandbox, no substituters, nothing from /etc), defined once: the
+# test command's bootstrap, the tests and the benchmarks all read this file.
+NIX_CONFIG = (Path(__file__).resolve().parent / "nix.conf").read_text().strip()
 
 
 class Nix:

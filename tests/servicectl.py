@@ -1,6 +1,6 @@
-"""A real ``buildref serve`` for tests: its own short temp dir (socket paths must stay short), its
-own SQLite file, started and stopped as a process; plus the environment that makes Nix call the
-real hook."""
+"""The one harness for a real ``buildref serve``, used by the tests and the benchmarks: its own
+short temp dir (socket paths must stay short), its own database, started and stopped as a process;
+plus the environment that makes Nix call the real hook."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ HOOK = ROOT / "hook" / "buildref-hook"
 class ServiceProcess:
     def __init__(self, base: Path | None = None, **settings: Any) -> None:
         self.base = base or Path(tempfile.mkdtemp(prefix="brs", dir="/tmp"))
+        self.base.mkdir(parents=True, exist_ok=True)
         self.base.chmod(0o755)
         self.hook_socket = self.base / "hook.sock"
         self.query_socket = self.base / "query.sock"
@@ -136,9 +136,13 @@ class ServiceProcess:
             found[build["drvPath"]] = build["outputs"]
         return found
 
-    def db(self) -> sqlite3.Connection:
-        """The real SQLite file, read-only, for what the protocol does not show."""
-        return sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+    def events(self, **params: Any) -> list[dict[str, Any]]:
+        """Events as ``buildref events --json`` lists them, newest first (all of them by default)."""
+        return self.call("events", {"limit": 100000, **params})  # type: ignore[no-any-return]
+
+    def index_times(self) -> list[float]:
+        """Seconds each indexed build took, from the service's log."""
+        return [line["ms"] / 1000 for line in self.log_lines() if line.get("event") == "indexed"]
 
     # -- the hook, as Nix runs it
 

@@ -116,9 +116,10 @@ def test_lookup_and_why_both_ways(nix: Nix, service: ServiceProcess, tmp_path: P
     assert result["builds"][0]["outputs"] == built_v2[0]["outputs"]
 
 
-def test_lookup_errors(service: ServiceProcess) -> None:
-    assert_error_line(run(service, "lookup", "app", "v1"), "has not been recorded")
-    run(service, "record", "app")
+def test_lookup_errors(service: ServiceProcess, tmp_path: Path) -> None:
+    # a repository nobody recorded (the configured one is recorded by the watcher at start)
+    assert_error_line(run(service, "lookup", str(tmp_path), "v1"), "has not been recorded")
+    assert cli_json(service, "record", "app")["repository"] == "app"
     assert_error_line(run(service, "lookup", "app", "nope"), "no recorded ref or revision 'nope'")
     unknown = "/nix/store/" + "a" * 32 + "-x"
     assert_error_line(run(service, "why", unknown), "not an output of a recorded build")
@@ -216,7 +217,6 @@ def test_subdirectory_fetchgit_at_and_odd_names(nix: Nix, tmp_path: Path, system
         why = cli_json(svc, "why", sub_build[0]["outputs"]["out"])
         assert [(s["repository"], s["rev"], s["subdir"]) for s in why["sources"]] == [(name, v1, "sub")]
 
-        time.sleep(0.05)
         (repo / "README").write_text("two\n")
         git(repo, "add", "-A")
         git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "two")
@@ -237,7 +237,7 @@ def test_deploy_script_uses_the_cached_build_and_builds_only_when_needed(
     env = service.nix_env(nix.env)
     built_v1 = nix_build_json(env, f"git+file://{repo}?rev={v1}")
     service.wait_idle()
-    run(service, "record", "app")
+    assert cli_json(service, "record", "app")["refs"]["refs/tags/v2"] == v2
     script = Path(__file__).resolve().parent.parent / "examples" / "deploy.sh"
     env = {**env, "BUILDREF_SOCKET": str(service.query_socket),
            "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}

@@ -80,11 +80,10 @@ def test_record_keeps_ref_history_and_sources(nix: Nix, repo: Path, service: Ser
         expr = f'builtins.fetchGit {{ url = "{url}"; ref = "main"; rev = "{rev}"; }}'
         want = nix.eval_json(f"let s = {expr}; in {{ inherit (s) narHash; path = s.outPath; }}")
         assert isinstance(want, dict)
-        with service.db() as db:
-            rows = db.execute(
-                "SELECT s.subdir, s.rule, s.nar_hash, s.store_path FROM sources s"
-                " JOIN revisions v ON v.id = s.rev_id WHERE v.rev = ?", (rev,)).fetchall()
-        by_key = {(d, r): (h, p) for d, r, h, p in rows}
+        looked_up = cli_json(service, "lookup", str(repo), rev)
+        assert isinstance(looked_up, dict) and looked_up["rev"] == rev
+        by_key = {(s["subdir"] or "", rule): (s["narHash"], s["storePath"])
+                  for s in looked_up["sources"] for rule in s["rules"]}
         assert by_key[("", "export-ignore")] == (want["narHash"], want["path"])
         # every directory, under both rules, as Nix copies ./dir (proven against Nix in test_git_source)
         gitrepo = GitRepository(str(repo))
@@ -166,7 +165,7 @@ def test_configured_repositories_are_watched(repo: Path, watched: ServiceProcess
 
     def history() -> list[dict[str, object]]:
         try:
-            return service.call("refs", {"repository": "app"})  # type: ignore[no-any-return]
+            return service.call("refs", {"repo": "app"})  # type: ignore[no-any-return]
         except AssertionError:
             return []
 

@@ -46,19 +46,29 @@ def test_builds_are_recorded_with_their_outputs(nix: Nix, service: ServiceProces
     assert status["events"]["failed"] == 0
     assert status["events"]["indexed"] == status["events"]["received"] >= 6
 
-    with service.db() as db:
-        # the closure graph: chain3 -> chain2 -> chain1, chain3 -> multi (dev only)
-        rows = db.execute(
-            "SELECT d.name, i.name, e.outputs FROM drv_inputs e JOIN derivations d ON d.id = e.drv_id"
-            " JOIN derivations i ON i.id = e.input_id").fetchall()
-        edges = {("chain3", "chain2", "out"), ("chain2", "chain1", "out"), ("chain3", "multi", "dev")}
-        assert edges <= set(rows)
-        fod = db.execute("SELECT fixed_mode, fixed_hash FROM derivations WHERE name = 'fod'").fetchone()
-        assert fod[0] == "flat" and fod[1].startswith("sha256-")
-        # the flake's derivation uses the flake's source as an input source
-        srcs = db.execute("SELECT s.path FROM src_inputs s JOIN derivations d ON d.id = s.drv_id"
-                          " WHERE d.name = 'from-flake'").fetchall()
-        assert any(p.endswith("-source") for (p,) in srcs)
+    # what the index holds, as `buildref show --json` gives it
+    env = {"BUILDREF_SOCKET": str(service.query_socket)}
+    shown = {}
+    pending = [str(item["drvPath"]) for item in built]
+    while pending:
+        proc = buildref_cli("show", pending.pop(), "--json", env=env)
+        assert proc.returncode == 0, proc.stderr.decode()
+        info = json.loads(proc.stdout)
+        shown[info["drvPath"]] = info
+        pending += [p for p in info["inputDrvs"] if p not in shown]
+    # the closure graph: chain3 -> chain2 -> chain1, chain3 -> multi (dev only)
+    edges = {(info["name"], shown[path]["name"], tuple(outs))
+             for info in shown.values() for path, outs in info["inputDrvs"].items()}
+    shown = {info["name"]: info for info in shown.values()}
+    assert {("chain3", "chain2", ("out",)), ("chain2", "chain1", ("out",)),
+            ("chain3", "multi", ("dev",))} <= edges
+    assert shown["fod"]["fixed"]["mode"] == "flat" and shown["fod"]["fixed"]["hash"].startswith("sha256-")
+    assert shown["multi"]["fixed"] is None and set(shown["multi"]["outputs"]) == {"out", "dev"}
+    # the flake's derivation uses the flake's source as an input source
+    assert any(p.endswith("-source") for p in shown["from-flake"]["inputSrcs"])
+    # an output path finds its derivation too
+    by_output = buildref_cli("show", str(built[0]["outputs"]["out"]), "--json", env=env)
+    assert json.loads(by_output.stdout)["drvPath"] == built[0]["drvPath"]
 
     # one log line per build, with the drv and its timing
     indexed = [line for line in service.log_lines() if line.get("event") == "indexed"]
@@ -135,9 +145,14 @@ def test_import_records_earlier_builds(nix: Nix, system: str, tmp_path: Path) ->
         for b in built:
             assert recorded[str(b["drvPath"])] == b["outputs"]
         assert recorded[unbuilt] == {}  # its outputs are not in the store
-        with svc.db() as db:  # chain3's inputs came along, though only chain3 was imported
-            names = {n for (n,) in db.execute("SELECT name FROM derivations")}
+        # chain3's inputs came along, though only chain3 was imported
+        names, pending = set(), [*drvs, unbuilt]
+        while pending:
+            info = svc.call("show", {"what": pending.pop()})
+            names.add(info["name"])
+            pending.extend(info["inputDrvs"])
         assert {"chain1", "chain2", "chain3", "multi", "fod"} <= names
+        assert svc.call("status")["database"]["derivations"] == len(names)
         bad = buildref_cli("import", "/nix/store/not-a-drv", env=env)
         assert_error_line(bad, "not a store path")
     finally:
@@ -198,9 +213,9 @@ def test_service_down_builds_spool_and_are_recorded_at_start(nix: Nix, system: s
         assert proc.returncode == 0 and "spooled" in proc.stderr.decode()
         wait_for(lambda: later in svc.builds(), what="the spooled event to be recorded")
         assert not list(svc.spool.glob("*.json"))
-        with svc.db() as db:
-            sources = dict(db.execute("SELECT drv, source FROM events").fetchall())
-        assert sources[later] == "spool"
+        sources = {e["drvPath"]: e["source"] for e in svc.events()}
+        assert sources[later] == "spool" and sources[str(built[0]["drvPath"])] == "spool"
+        assert svc.events(state="failed") == []
     finally:
         svc.close()
 

@@ -1,16 +1,36 @@
 """Talking to a running ``buildref serve``: queries over the query socket (JSON-RPC shaped lines),
-and events over the hook socket (``buildref import``: the same pipeline as the hook)."""
+answered as models; events over the hook socket (``buildref import``: the hook's own pipeline)."""
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from buildref.errors import BuildrefError, ServiceUnavailable
+from buildref.api import rpc
+from buildref.api.sockets import request
 from buildref.hook import encode_event
-from buildref.protocol import request_line
-from buildref.sockets import request
+from buildref.models import (
+    Build,
+    BuildsParams,
+    DerivationInfo,
+    Event,
+    EventsParams,
+    EventState,
+    Lookup,
+    LookupParams,
+    MatchedBuild,
+    NoParams,
+    Recorded,
+    RecordParams,
+    RefMove,
+    RepoParams,
+    Status,
+    WhatParams,
+    Why,
+    Wire,
+    why_from_json,
+)
 
 
 class QueryClient:
@@ -18,18 +38,39 @@ class QueryClient:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        answer = request(self.socket_path, request_line(method, params or {}), self.timeout)
-        try:
-            reply = json.loads(answer)
-        except ValueError:
-            raise ServiceUnavailable(f"buildref at {self.socket_path} answered, but not in JSON") from None
-        if not isinstance(reply, dict):
-            raise ServiceUnavailable(f"buildref at {self.socket_path} answered something unexpected")
-        if "error" in reply:
-            message = str(reply["error"].get("message", "unknown failure"))
-            raise BuildrefError(message.removeprefix("error: "))
-        return reply.get("result")
+    def call(self, method: str, params: Wire) -> Any:
+        """The answer's JSON; an error answer is raised as the error of its kind."""
+        answer = request(self.socket_path, rpc.request_line(method, params.to_json()), self.timeout)
+        return rpc.parse_response(answer)
+
+    def _list(self, method: str, params: Wire) -> list[Any]:
+        result = self.call(method, params)
+        return result if isinstance(result, list) else []
+
+    def status(self) -> Status:
+        return Status.from_json(self.call("status", NoParams()))
+
+    def builds(self, p: BuildsParams) -> list[Build]:
+        model = MatchedBuild if p.repo is not None else Build
+        return [model.from_json(b) for b in self._list("builds", p)]
+
+    def events(self, p: EventsParams) -> list[Event]:
+        return [Event.from_json(e) for e in self._list("events", p)]
+
+    def record(self, p: RecordParams) -> Recorded:
+        return Recorded.from_json(self.call("record", p))
+
+    def refs(self, p: RepoParams) -> list[RefMove]:
+        return [RefMove.from_json(m) for m in self._list("refs", p)]
+
+    def lookup(self, p: LookupParams) -> Lookup:
+        return Lookup.from_json(self.call("lookup", p))
+
+    def why(self, p: WhatParams) -> Why:
+        return why_from_json(self.call("why", p))
+
+    def show(self, p: WhatParams) -> DerivationInfo:
+        return DerivationInfo.from_json(self.call("show", p))
 
 
 def send_event(hook_socket: str, drv: str, t: float, timeout: float = 10.0) -> str:
@@ -37,13 +78,13 @@ def send_event(hook_socket: str, drv: str, t: float, timeout: float = 10.0) -> s
     return request(hook_socket, encode_event(drv, [], t), timeout).decode(errors="replace").strip()
 
 
-def wait_indexed(client: QueryClient, keys: list[tuple[str, float]], timeout: float) -> list[dict[str, Any]]:
+def wait_indexed(client: QueryClient, keys: Sequence[tuple[str, float]], timeout: float) -> list[Event]:
     """Poll until none of the events ``keys`` is pending (or ``timeout`` passes)."""
     deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
-        states: list[dict[str, Any]] = client.call("events", {"events": [list(k) for k in keys]})
-        if all(s["state"] != "pending" for s in states) or time.monotonic() > deadline:
+        states = client.events(EventsParams(keys=tuple(keys)))
+        if all(e.state is not EventState.PENDING for e in states) or time.monotonic() > deadline:
             return states
         time.sleep(delay)
         delay = min(delay * 2, 0.5)

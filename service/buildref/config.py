@@ -10,6 +10,7 @@ from typing import Any
 
 from buildref.errors import BadConfig
 from buildref.nix.storepath import DEFAULT_STORE_DIR
+from buildref.store import check_url
 
 DEFAULT_STATE_DIR = "/var/lib/buildref"
 DEFAULT_HOOK_SOCKET = "/run/buildref/hook.sock"
@@ -43,16 +44,6 @@ class Config:
     log_level: str = "info"
     nix_bin_dir: str = ""  # where nix lives; "" means PATH
     idle_timeout: float = 10.0  # seconds a client may stay connected without sending a whole line
-
-    @property
-    def sqlite_path(self) -> str:
-        """The database file, for ``sqlite://`` URLs (the only kind this version serves)."""
-        if not self.database.startswith("sqlite://"):
-            raise BadConfig(f"database '{self.database}': only sqlite:///path databases are supported")
-        path = self.database.removeprefix("sqlite://")
-        if not path.startswith("/"):
-            raise BadConfig(f"database '{self.database}': give an absolute path, sqlite:///path")
-        return path
 
 
 _TOP_KEYS = {"state_dir", "store_dir", "database", "flake_locks", "hook", "query", "repository", "log",
@@ -143,7 +134,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         nix_bin_dir=_take(data, "nix_bin_dir", str, "", ""),
         idle_timeout=_positive(data, "idle_timeout", 10.0),
     )
-    config.sqlite_path  # noqa: B018 - checks the URL now rather than at first use
+    check_url(config.database)  # now rather than at first use
     return config
 
 

@@ -1,8 +1,25 @@
-"""Errors meant for people: every message starts with ``error:``."""
+"""Errors meant for people: every message starts with ``error:``, and every error has a kind that
+the transports map, in one place each, to a JSON-RPC code or an HTTP status."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Kind(Enum):
+    """What went wrong, as a caller can act on it."""
+
+    INVALID = "invalid"  # the request (or input, or config) is wrong; asking again will not help
+    NOT_FOUND = "not_found"  # a well-formed request for something buildref does not know
+    FORBIDDEN = "forbidden"  # the caller may not do this
+    UNAVAILABLE = "unavailable"  # buildref, or something it depends on, cannot answer now
+    INTERNAL = "internal"  # a bug
 
 
 class BuildrefError(Exception):
     """Base of every error buildref reports; ``str()`` gives the one-line message."""
+
+    kind = Kind.INVALID
 
     def __str__(self) -> str:
         return f"error: {self.args[0] if self.args else 'unknown failure'}"
@@ -35,6 +52,26 @@ class GitError(BuildrefError):
 class UnknownRevision(GitError):
     """A revision that does not name a commit in the repository."""
 
+    kind = Kind.NOT_FOUND
+
+
+class UnknownRepository(GitError):
+    """A repository that is neither configured nor recorded nor a readable path."""
+
+    kind = Kind.NOT_FOUND
+
+
+class NotFound(BuildrefError):
+    """Something the index does not hold (a store path no recorded build produced, ...)."""
+
+    kind = Kind.NOT_FOUND
+
+
+class Forbidden(BuildrefError):
+    """A request the caller is not allowed to make (another user's repository, ...)."""
+
+    kind = Kind.FORBIDDEN
+
 
 class BadConfig(BuildrefError):
     """A configuration file or option the service cannot run with."""
@@ -45,4 +82,31 @@ class BadRequest(BuildrefError):
 
 
 class ServiceUnavailable(BuildrefError):
-    """The service's socket cannot be reached or did not answer."""
+    """The service, or something it needs, cannot be reached or did not answer."""
+
+    kind = Kind.UNAVAILABLE
+
+
+class CommandFailed(BuildrefError):
+    """A command that exited non-zero: the message is the exact command line and its status."""
+
+    kind = Kind.UNAVAILABLE
+
+
+class StorageError(BuildrefError):
+    """The index could not be read or written (a full disk, a lost connection)."""
+
+    kind = Kind.UNAVAILABLE
+
+
+class InternalError(BuildrefError):
+    """A bug: the caller hears of it and the service goes on."""
+
+    kind = Kind.INTERNAL
+
+
+def error_of_kind(kind: Kind, message: str) -> BuildrefError:
+    """An error of ``kind`` with a message already in ``error: ...`` form (as a client receives it)."""
+    cls = {Kind.INVALID: BuildrefError, Kind.NOT_FOUND: NotFound, Kind.FORBIDDEN: Forbidden,
+           Kind.UNAVAILABLE: ServiceUnavailable, Kind.INTERNAL: InternalError}[kind]
+    return cls(message.removeprefix("error: "))

@@ -12,13 +12,9 @@ import json
 import os
 import shlex
 
-from buildref.errors import BuildrefError
+from buildref.errors import CommandFailed
 
 _TIMEOUT = 30.0
-
-
-class CommandFailed(BuildrefError):
-    """A command that exited non-zero: the message is the exact command line and its status."""
 
 
 async def run(argv: list[str], timeout: float = _TIMEOUT, env: dict[str, str] | None = None) -> bytes:

@@ -12,8 +12,8 @@ from watchdog.observers.api import BaseObserver
 
 from buildref.config import Repository
 from buildref.errors import BuildrefError
-from buildref.locks import LockRecorder
-from buildref.refs import RefRecorder
+from buildref.sources.locks import LockRecorder
+from buildref.sources.recorder import RefRecorder
 
 DEBOUNCE = 0.2  # seconds of quiet before a pass
 
@@ -106,6 +106,6 @@ class RepoWatcher:
         except BuildrefError as e:
             self._log.error("recording refs failed", repository=name, error=str(e))
             return
-        if result["moved"]:
-            self._log.info("refs moved", repository=name, moved=result["moved"],
-                           sources=result["sourcesIndexed"])
+        if result.moved:
+            self._log.info("refs moved", repository=name, moved=[m.to_json() for m in result.moved],
+                           sources=result.sources_indexed)

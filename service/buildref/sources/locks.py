@@ -9,16 +9,14 @@ import os
 
 import structlog
 
-from buildref.db import Database
 from buildref.errors import BuildrefError
 from buildref.nix.flakelock import parse_lock
 from buildref.nix.storepath import source_path
+from buildref.store.api import LockRecord, Store
 
-LockRow = tuple[str, str, str, str | None, str | None, str, str]
 
-
-def locked_rows(text: bytes, store_dir: str) -> list[LockRow]:
-    rows: list[LockRow] = []
+def locked_rows(text: bytes, store_dir: str) -> list[LockRecord]:
+    rows: list[LockRecord] = []
     for item in parse_lock(text).inputs():
         locked = item.node.locked
         if locked is None:
@@ -28,21 +26,21 @@ def locked_rows(text: bytes, store_dir: str) -> list[LockRow]:
             continue
         location = locked.url or (f"{locked.owner}/{locked.repo}" if locked.owner and locked.repo else None)
         location = location or locked.path or locked.type
-        rows.append(("/".join(item.path), locked.type, location, locked.ref, locked.rev, nar_hash.sri,
-                     source_path(nar_hash, "source", store_dir=store_dir)))
+        rows.append(LockRecord("/".join(item.path), locked.type, location, locked.ref, locked.rev,
+                               nar_hash.sri, source_path(nar_hash, "source", store_dir=store_dir)))
     return rows
 
 
 class LockRecorder:
-    def __init__(self, db: Database, paths: tuple[str, ...], store_dir: str) -> None:
-        self._db = db
+    def __init__(self, store: Store, paths: tuple[str, ...], store_dir: str) -> None:
+        self._store = store
         self.paths = paths
         self._store_dir = store_dir
         self._log = structlog.get_logger("buildref.locks")
 
     async def record_text(self, lock_file: str, text: bytes) -> int:
         rows = locked_rows(text, self._store_dir)
-        await self._db.record_lock(lock_file, rows)
+        await self._store.sources.replace_lock(lock_file, rows)
         return len(rows)
 
     async def record_file(self, path: str) -> None:

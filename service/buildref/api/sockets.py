@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from buildref.errors import BadConfig, ServiceUnavailable
-from buildref.protocol import MAX_LINE
+
+MAX_LINE = 1 << 20  # bytes; a longer line is refused, not buffered
 
 SD_LISTEN_FDS_START = 3
 
@@ -118,47 +119,85 @@ def notify(message: str) -> bool:
     return True
 
 
-async def serve_lines(sock: socket.socket, handle: LineHandler, too_long: TooLongHandler,
-                      idle_timeout: float, on_error: Callable[[str], None]) -> asyncio.Server:
-    """Serve connections on ``sock``: each line gets ``handle``'s answer. A line over
-    :data:`MAX_LINE` gets ``too_long``'s answer and the connection is closed; so is a connection
-    idle for ``idle_timeout`` seconds."""
+class LineServer:
+    """Serves connections on one listening socket: each line gets ``handle``'s answer. A line
+    over :data:`MAX_LINE` gets ``too_long``'s answer and the connection is closed; so is a
+    connection idle for ``idle_timeout`` seconds. Every connection is a tracked task, so shutdown
+    can let them finish, then cancel what is left, before anything they use is closed."""
 
-    async def answer(writer: asyncio.StreamWriter, reply: bytes | None) -> bool:
+    def __init__(self, handle: LineHandler, too_long: TooLongHandler, idle_timeout: float,
+                 on_error: Callable[[str], None]) -> None:
+        self._handle = handle
+        self._too_long = too_long
+        self._idle_timeout = idle_timeout
+        self._on_error = on_error
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def active(self) -> int:
+        return len(self._connections)
+
+    async def start(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._server = await asyncio.start_unix_server(self._connection, sock=sock, limit=MAX_LINE)
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for open connections, then cancel the rest; how many were."""
+        if self._connections:
+            await asyncio.wait(set(self._connections), timeout=grace)
+        left = set(self._connections)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left)
+        return len(left)
+
+    async def _answer(self, writer: asyncio.StreamWriter, reply: bytes | None) -> bool:
         if reply is None:
             return False
         writer.write(reply)
         await writer.drain()
         return True
 
-    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # a connection callback always runs in a task
+        self._connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._connections.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = peer_of(writer.get_extra_info("socket"))
         try:
             while True:
                 try:
-                    async with asyncio.timeout(idle_timeout):  # no task per line, unlike wait_for
+                    async with asyncio.timeout(self._idle_timeout):  # no task per line, unlike wait_for
                         line = await reader.readuntil(b"\n")
                 except asyncio.IncompleteReadError as e:
                     if e.partial.strip():  # a last line without its newline still counts
-                        await answer(writer, await handle(e.partial, peer))
+                        await self._answer(writer, await self._handle(e.partial, peer))
                     return
                 except asyncio.LimitOverrunError:
-                    await answer(writer, await too_long())
+                    await self._answer(writer, await self._too_long())
                     return
                 except TimeoutError:
-                    on_error(f"closed a connection idle for {idle_timeout:.0f} s")
+                    self._on_error(f"closed a connection idle for {self._idle_timeout:.0f} s")
                     return
-                if not await answer(writer, await handle(line, peer)):
+                if not await self._answer(writer, await self._handle(line, peer)):
                     return
         except (ConnectionError, OSError) as e:
-            on_error(f"connection dropped: {e}")
+            self._on_error(f"connection dropped: {e}")
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
-
-    sock.setblocking(False)
-    return await asyncio.start_unix_server(connection, sock=sock, limit=MAX_LINE)
 
 
 def request(path: str, line: bytes, timeout: float) -> bytes:

@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from buildref.db import Database, NewEvent
+from buildref.store.api import EventLog, NewEvent
 
-MAX_GROUP = 500  # one INSERT statement per group (see Database.add_events)
+MAX_GROUP = 500  # one INSERT statement per group
 
 _Item = tuple[NewEvent, asyncio.Future[None]]
 
 
 class Inbox:
-    def __init__(self, db: Database, on_commit: Callable[[int], None]) -> None:
-        self._db = db
+    def __init__(self, log: EventLog, on_commit: Callable[[int], None]) -> None:
+        self._log = log
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._on_commit = on_commit
         self.received = 0
@@ -55,7 +55,7 @@ class Inbox:
 
     async def _commit(self, group: list[_Item]) -> None:
         try:
-            await self._db.add_events([event for event, _ in group])
+            await self._log.append([event for event, _ in group])
         except Exception as e:  # every waiter hears of it; the senders spool or retry
             for _, done in group:
                 if not done.done():

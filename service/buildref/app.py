@@ -1,0 +1,177 @@
+"""``buildref serve``: builds every component once, owns their lifetimes on one exit stack and
+their tasks in one TaskGroup, and shuts down in one order, each step awaited:
+
+stop accepting -> let open requests finish (then cancel them: a ``record`` running git too) ->
+stop the spool and the watchers -> commit what the inbox holds -> index what is pending (bounded)
+-> stop the watchdog thread -> close the index -> remove the sockets it made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from buildref.api import rpc
+from buildref.api.hookline import HookLines
+from buildref.api.operations import Caller, Services, UnknownMethod, call
+from buildref.api.sockets import MAX_LINE, LineServer, Peer, inherited_sockets, listen_unix, notify
+from buildref.config import Config
+from buildref.errors import BadConfig, BuildrefError
+from buildref.ingest.inbox import Inbox
+from buildref.ingest.indexer import Indexer
+from buildref.ingest.spool import Spool
+from buildref.models import Status
+from buildref.process import Nix
+from buildref.query.context import QueryContext
+from buildref.query.status import Activity, status
+from buildref.sources.gitwork import GitWork
+from buildref.sources.locks import LockRecorder
+from buildref.sources.recorder import RefRecorder
+from buildref.sources.repositories import Repositories
+from buildref.sources.watch import RepoWatcher
+from buildref.store import open_store
+
+SHUTDOWN_GRACE = 5.0  # seconds open requests get to finish after SIGTERM, before they are cancelled
+INDEX_DRAIN = 60.0  # seconds SIGTERM waits for pending events to be indexed (the rest wait for next start)
+
+
+@contextlib.contextmanager
+def _sockets(config: Config) -> Iterator[tuple[socket.socket, socket.socket, bool]]:
+    """The hook and query sockets: from systemd when it passed them (left in place at exit), else
+    made here (and removed at exit)."""
+    inherited = inherited_sockets()
+    if inherited:
+        hook, query = inherited.get("hook"), inherited.get("query")
+        if hook is None or query is None:
+            raise BadConfig(f"socket activation passed {sorted(inherited)}; name them 'hook' and 'query'"
+                            " (FileDescriptorName=)")
+        yield hook, query, True
+        return
+    created: list[str] = []
+    try:
+        hook = listen_unix(config.hook.path, config.hook.mode)
+        created.append(config.hook.path)
+        query = listen_unix(config.query.path, config.query.mode)
+        created.append(config.query.path)
+        yield hook, query, False
+    finally:
+        for path in created:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+@contextlib.contextmanager
+def _observer() -> Iterator[BaseObserver]:
+    """One watchdog thread for the spool and the repositories."""
+    observer = Observer()
+    observer.daemon = True
+    try:
+        yield observer
+    finally:
+        if observer.is_alive():
+            observer.stop()
+            observer.join(timeout=5)
+
+
+async def serve(config: Config) -> None:
+    log = structlog.get_logger()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    os.makedirs(config.state_dir, mode=0o755, exist_ok=True)
+    started = time.time()
+
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_store(config.database))
+        hook_sock, query_sock, activated = stack.enter_context(_sockets(config))
+        observer = stack.enter_context(_observer())
+
+        repositories = Repositories(config.repositories, os.path.join(config.state_dir, "mirrors"))
+        locks = LockRecorder(store, config.flake_locks, config.store_dir)
+        recorder = RefRecorder(store, repositories, GitWork(config.store_dir), locks)
+        indexer = Indexer(store, Nix(config.nix_bin_dir), config.store_dir)
+        inbox = Inbox(store.events, lambda _: indexer.wake())
+        hook_lines = HookLines(inbox, config.store_dir)
+        spool = Spool(config.spool_dir, hook_lines.spooled)
+        watcher = RepoWatcher(config.repositories, recorder, locks)
+
+        def activity() -> Activity:
+            return Activity(started=started, queued=inbox.depth, received=inbox.received,
+                            indexed=indexer.indexed, failed=indexer.failed + hook_lines.rejected,
+                            commit_groups=inbox.groups)
+
+        async def current_status() -> Status:
+            return await status(store, activity(), config.spool_dir)
+
+        services = Services(QueryContext(store, repositories, recorder, config.store_dir), recorder,
+                            current_status)
+
+        def on_query_error(what: str, e: BaseException) -> None:
+            if isinstance(e, BuildrefError):
+                log.warning(what, error=str(e))
+            else:
+                log.error(what, exc_info=e)
+
+        async def dispatch(request: rpc.Request, uid: int) -> Any:
+            return await call(services, Caller(uid), request.method, request.params)
+
+        async def query_line(line: bytes, peer: Peer) -> bytes | None:
+            return await rpc.answer(line, peer.uid, dispatch, UnknownMethod, on_query_error)
+
+        async def query_too_long() -> bytes | None:
+            log.warning("bad query", error="request line too long")
+            too_long = f"error: request line longer than {MAX_LINE} bytes"
+            return rpc.error_response(None, rpc.PARSE_ERROR, too_long)
+
+        def on_connection_error(message: str) -> None:
+            log.warning("connection", error=message)
+
+        idle = config.idle_timeout
+        hook_server = LineServer(hook_lines.line, hook_lines.too_long, idle, on_connection_error)
+        query_server = LineServer(query_line, query_too_long, idle, on_connection_error)
+
+        async with asyncio.TaskGroup() as tasks:
+            inbox_task = tasks.create_task(inbox.run())
+            indexer_task = tasks.create_task(indexer.run())
+            spool.watch(observer, loop)
+            watcher.watch(observer, loop)
+            observer.start()
+            background = [tasks.create_task(spool.run()), tasks.create_task(watcher.run())]
+            await hook_server.start(hook_sock)
+            await query_server.start(query_sock)
+            notify(f"READY=1\nSTATUS=serving on {config.hook.path} and {config.query.path}")
+            log.info("serving", hook=config.hook.path, query=config.query.path, database=store.location,
+                     pid=os.getpid(), socket_activated=activated)
+
+            await stop.wait()
+            notify("STOPPING=1")
+            log.info("stopping")
+            hook_server.stop_accepting()
+            query_server.stop_accepting()
+            cancelled = sum(await asyncio.gather(hook_server.drain(SHUTDOWN_GRACE),
+                                                 query_server.drain(SHUTDOWN_GRACE)))
+            if cancelled:
+                log.warning("requests cancelled at shutdown", count=cancelled)
+            for task in background:
+                task.cancel()
+            await asyncio.wait(background)
+            inbox.close()
+            await inbox_task
+            indexer.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(indexer_task), INDEX_DRAIN)
+            except TimeoutError:
+                indexer_task.cancel()
+                log.warning("stopped with events still pending; they are indexed at next start")
+    log.info("stopped")

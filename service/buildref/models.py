@@ -1,0 +1,537 @@
+"""What crosses buildref's boundaries — requests, answers, builds, sources — as frozen dataclasses,
+and the one place their JSON is spelled: a field ``drv_path`` is the wire key ``drvPath``.
+
+``to_json`` and ``from_json`` come from :class:`Wire`, driven by the field types: requests are
+checked as they are read (types here, bounds in ``__post_init__``), so the query socket and the
+HTTP API validate with the same code, and the client gets models back, never dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar, Self
+
+from buildref.errors import BadRequest
+
+MAX_TEXT = 4096  # characters in a path, a repository name or a hash given as a parameter
+MAX_REF = 1024  # characters in a ref name or revision expression
+MAX_GLOB = 200  # characters in a --name pattern (fnmatch patterns backtrack; keep them small)
+MAX_GLOB_STARS = 8
+MAX_KEYS = 10_000  # events asked about in one request
+MAX_LIMIT = 100_000
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _shown(value: object) -> str:
+    """A value for an error message: never the whole of what a client sent."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Wire:
+    """Mixin for frozen dataclasses that go on the wire."""
+
+    __slots__ = ()
+    # Requests refuse keys they do not know (a misspelt parameter must not be silently ignored);
+    # answers ignore them (a newer service may add some).
+    strict: ClassVar[bool] = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: dump(getattr(self, name)) for name, key in _keys(type(self))}
+
+    @classmethod
+    def from_json(cls, data: object, *, text: bool = False) -> Self:
+        """The model in ``data``; ``text``: scalar values may be strings (HTTP query parameters).
+        Unknown keys are ignored, missing required keys and wrong types are :class:`BadRequest`."""
+        if not isinstance(data, Mapping):
+            raise BadRequest(f"expected a JSON object, got {_shown(data)}")
+        hints = _hints(cls)
+        if cls.strict:
+            unknown = sorted(set(data) - {key for _, key in _keys(cls)})
+            if unknown:
+                raise BadRequest(f"unknown parameter {_shown(unknown[0])}")
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            key = _camel(f.name)
+            if key in data and not (text and data[key] == ""):
+                values[f.name] = _load(hints[f.name], data[key], key, text)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise BadRequest(f"'{key}' is missing")
+        return cls(**values)
+
+
+_KEYS: dict[type, tuple[tuple[str, str], ...]] = {}
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _keys(cls: type) -> tuple[tuple[str, str], ...]:
+    keys = _KEYS.get(cls)
+    if keys is None:
+        keys = _KEYS[cls] = tuple((f.name, _camel(f.name)) for f in dataclasses.fields(cls))
+    return keys
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+def dump(value: Any) -> Any:
+    """A model (or list, dict of them) as JSON values."""
+    if isinstance(value, Wire):
+        return value.to_json()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: dump(v) for k, v in value.items()}
+    return value
+
+
+_WHAT = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _load(hint: Any, value: Any, key: str, text: bool) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _load(inner, value, key, text)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise BadRequest(f"'{key}' must be a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_load(args[0], v, key, False) for v in value)
+        if len(value) != len(args):
+            raise BadRequest(f"'{key}' must be a list of {len(args)} items")
+        return tuple(_load(a, v, key, False) for a, v in zip(args, value, strict=True))
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise BadRequest(f"'{key}' must be an object")
+        return {k: _load(args[1], v, key, False) for k, v in value.items()}
+    if isinstance(hint, type) and issubclass(hint, Wire):
+        return hint.from_json(value)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            choices = ", ".join(str(m.value) for m in hint)
+            raise BadRequest(f"'{key}' must be one of {choices}") from None
+    return _scalar(hint, value, key, text)
+
+
+def _scalar(hint: Any, value: Any, key: str, text: bool) -> Any:
+    if text and isinstance(value, str) and hint is not str:
+        value = _parse_text(hint, value, key)
+    if hint is Any:
+        return value
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if ok:
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, hint):
+        return value
+    raise BadRequest(f"'{key}' must be {_WHAT.get(hint, hint.__name__)}, got {_shown(value)}")
+
+
+def _parse_text(hint: Any, value: str, key: str) -> Any:
+    try:
+        if hint is bool:
+            return {"true": True, "false": False, "1": True, "0": False}[value.lower()]
+        if hint is int:
+            return int(value)
+        if hint is float:
+            return float(value)
+    except (KeyError, ValueError):
+        raise BadRequest(f"'{key}' must be {_WHAT.get(hint, hint.__name__)}, got {_shown(value)}") from None
+    return value
+
+
+def _text(value: str | None, key: str, limit: int = MAX_TEXT, required: bool = True) -> None:
+    if value is None:
+        return
+    if required and not value:
+        raise BadRequest(f"'{key}' must be a non-empty string")
+    if len(value) > limit or "\0" in value:
+        raise BadRequest(f"'{key}' must be at most {limit} characters, without NUL")
+
+
+# -- requests
+
+
+@dataclass(frozen=True, slots=True)
+class NoParams(Wire):
+    strict = True
+
+
+@dataclass(frozen=True, slots=True)
+class BuildsParams(Wire):
+    strict = True
+
+    since: float = 0.0
+    limit: int = 100
+    repo: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_LIMIT:
+            raise BadRequest(f"'limit' must be between 1 and {MAX_LIMIT}")
+        _text(self.repo, "repo")
+
+
+class EventState(Enum):
+    PENDING = "pending"
+    INDEXED = "indexed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class EventsParams(Wire):
+    """Events by key (drv, t) — what ``buildref import`` waits on — or the newest ones."""
+
+    strict = True
+
+    keys: tuple[tuple[str, float], ...] | None = None
+    state: EventState | None = None
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        if self.keys is not None and len(self.keys) > MAX_KEYS:
+            raise BadRequest(f"'keys' must list at most {MAX_KEYS} events")
+        if not 1 <= self.limit <= MAX_LIMIT:
+            raise BadRequest(f"'limit' must be between 1 and {MAX_LIMIT}")
+
+
+@dataclass(frozen=True, slots=True)
+class RepoParams(Wire):
+    strict = True
+
+    repo: str
+
+    def __post_init__(self) -> None:
+        _text(self.repo, "repo")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordParams(Wire):
+    strict = True
+
+    repo: str
+    refs: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _text(self.repo, "repo")
+        if self.refs is not None:
+            if len(self.refs) > 1000:
+                raise BadRequest("'refs' must list at most 1000 refs")
+            for ref in self.refs:
+                _text(ref, "refs", MAX_REF)
+
+
+@dataclass(frozen=True, slots=True)
+class LookupParams(Wire):
+    strict = True
+
+    repo: str
+    ref: str
+    at: float | None = None
+    name: str | None = None  # a glob on derivation names
+    direct: bool = False
+
+    def __post_init__(self) -> None:
+        _text(self.repo, "repo")
+        _text(self.ref, "ref", MAX_REF)
+        _text(self.name, "name", MAX_GLOB)
+        if self.name is not None and self.name.count("*") > MAX_GLOB_STARS:
+            raise BadRequest(f"'name' may hold at most {MAX_GLOB_STARS} '*'")
+
+
+@dataclass(frozen=True, slots=True)
+class WhatParams(Wire):
+    strict = True
+
+    what: str  # a store path or a NAR hash
+
+    def __post_init__(self) -> None:
+        _text(self.what, "what")
+
+
+# -- answers
+
+
+@dataclass(frozen=True, slots=True)
+class Event(Wire):
+    id: int
+    drv_path: str
+    t: float
+    received_at: float
+    source: str  # socket | spool
+    state: EventState
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Build(Wire):
+    drv_path: str
+    name: str
+    system: str
+    built_at: float
+    outputs: dict[str, str]  # the outputs found in the store when it was indexed
+
+
+@dataclass(frozen=True, slots=True)
+class MatchedBuild(Build):
+    """A build found from a source: ``distance`` steps up the closure graph from the derivation
+    that uses the source (0: itself); ``valid``: every output is still in the local store."""
+
+    distance: int
+    valid: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Source(Wire):
+    """A source store path a build can take from a revision (its root, or a directory)."""
+
+    store_path: str
+    nar_hash: str
+    subdir: str | None
+    rules: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceMatch(Wire):
+    """A recorded revision whose tree (or a directory of it) a build used."""
+
+    store_path: str
+    nar_hash: str
+    repository: str
+    rev: str
+    subdir: str | None
+    rules: tuple[str, ...]
+    refs: tuple[str, ...]
+    refs_at_build: tuple[str, ...]
+    refs_now: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LockedInput(Wire):
+    """An input pinned in a flake.lock, by its narHash."""
+
+    store_path: str
+    nar_hash: str
+    repository: str
+    type: str
+    ref: str | None
+    rev: str | None
+    lock_file: str
+    input: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback(Wire):
+    rev: str
+    commits_behind: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup(Wire):
+    repository: str
+    ref: str
+    rev: str
+    sources: tuple[Source, ...]
+    builds: tuple[MatchedBuild, ...]
+    fallback: Fallback | None
+
+
+@dataclass(frozen=True, slots=True)
+class WhyPath(Wire):
+    """Why of an output path: its build and the revisions its closure used."""
+
+    path: str
+    drv_path: str
+    output: str
+    built_at: float
+    sources: tuple[SourceMatch, ...]
+    locked_inputs: tuple[LockedInput, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WhyHash(Wire):
+    """Why of a NAR hash: the revisions with that tree and the builds that used it."""
+
+    nar_hash: str
+    sources: tuple[SourceMatch, ...]
+    builds: tuple[MatchedBuild, ...]
+
+
+Why = WhyPath | WhyHash
+
+
+def why_from_json(data: object) -> Why:
+    if isinstance(data, Mapping) and "path" in data:
+        return WhyPath.from_json(data)
+    return WhyHash.from_json(data)
+
+
+@dataclass(frozen=True, slots=True)
+class RefChange(Wire):
+    ref: str
+    rev: str | None  # None: the ref was deleted
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded(Wire):
+    repository: str
+    refs: dict[str, str]
+    moved: tuple[RefChange, ...]
+    revisions_indexed: int
+    sources_indexed: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefMove(Wire):
+    ref: str
+    rev: str | None
+    seen_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class EventCounts(Wire):
+    received: int
+    indexed: int
+    failed: int
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class SinceStart(Wire):
+    received: int
+    indexed: int
+    failed: int
+    commit_groups: int
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseInfo(Wire):
+    path: str
+    bytes: int
+    derivations: int
+    outputs: int
+    builds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Status(Wire):
+    version: str
+    pid: int
+    started_at: float
+    uptime: float
+    queue_depth: int
+    events: EventCounts
+    since_start: SinceStart
+    spool_files: int
+    last_event: Event | None
+    database: DatabaseInfo
+
+
+@dataclass(frozen=True, slots=True)
+class FixedOutput(Wire):
+    mode: str  # flat | recursive | text
+    hash: str | None  # SRI; None for text
+
+
+@dataclass(frozen=True, slots=True)
+class DerivationInfo(Wire):
+    """What the index holds about one derivation (``buildref show``)."""
+
+    drv_path: str
+    name: str
+    system: str
+    fixed: FixedOutput | None
+    outputs: dict[str, str | None]
+    input_drvs: dict[str, tuple[str, ...]]
+    input_srcs: tuple[str, ...]
+    builds: tuple[Build, ...]
+
+
+# -- offline commands
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionHash(Wire):
+    """``buildref hash REPO``: a revision as ``builtins.fetchGit`` gives it."""
+
+    rev: str
+    nar_hash: str
+    store_path: str
+    last_modified: int
+    rev_count: int
+    nar_size: int
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathHash(Wire):
+    """``buildref hash --path``: a local file or directory as ``nix-store --add`` gives it."""
+
+    nar_hash: str
+    store_path: str
+    nar_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch(Wire):
+    what: str
+    recorded: str
+    computed: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verified(Wire):
+    drv_path: str
+    ok: bool
+    mismatches: tuple[Mismatch, ...] = field(default=())
+
+
+
+# -- the hook's line (service/buildref/hook.py writes it by hand: it may import nothing of ours)
+
+
+@dataclass(frozen=True, slots=True)
+class HookEvent(Wire):
+    v: int
+    drv: str
+    t: float  # when the hook ran, seconds since the epoch
+    outs: tuple[str, ...] = ()  # OUT_PATHS: empty on Nix 2.8
+
+    def __post_init__(self) -> None:
+        if self.v != 1:
+            raise BadRequest(f"unsupported event version {self.v!r} (this service speaks v1)")
+
+    @staticmethod
+    def salvage(data: object, line: bytes) -> tuple[str, float]:
+        """What a malformed event can still tell (drv text and time), to keep it with its error."""
+        drv = data.get("drv") if isinstance(data, Mapping) else None
+        t = data.get("t") if isinstance(data, Mapping) else None
+        if not isinstance(drv, str):
+            drv = line[:512].decode(errors="replace")
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+            t = -1.0
+        return drv[:4096], float(t)

@@ -1,0 +1,284 @@
+"""The index behind a few narrow interfaces: what the ingest pipeline writes (event log, build
+index), what the source recorder writes (source index), and what queries read (a reader: one
+consistent snapshot, never a write). Backends implement these; nothing above them writes SQL.
+
+The records here are the storage boundary's data; what goes on the wire is in ``buildref.models``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from buildref.models import (
+    Build,
+    DerivationInfo,
+    Event,
+    EventCounts,
+    EventState,
+    LockedInput,
+    RefChange,
+    RefMove,
+)
+
+# -- records
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A hook event as it arrives; ``error`` set when it was malformed (kept, already failed)."""
+
+    drv: str
+    outs: tuple[str, ...]
+    t: float
+    source: str  # socket | spool
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    id: int
+    drv: str
+    outs: tuple[str, ...]
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class DerivationRecord:
+    """One derivation as the indexer read it from the store."""
+
+    path: str
+    name: str
+    system: str
+    fixed_mode: str | None  # flat | recursive | text, for fixed-output derivations
+    fixed_hash: str | None  # SRI
+    modulo: str  # hashDerivationModulo, encoded: later closures stop here without reading it
+    outputs: tuple[tuple[str, str | None], ...]  # None until built: floating, impure, deferred
+    input_drvs: tuple[tuple[str, str], ...]  # (path, outputs used, space separated)
+    input_srcs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Realised:
+    """An output whose path became known only when it was built (floating, deferred)."""
+
+    drv: str
+    output: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRecord:
+    event_id: int
+    drv_path: str
+    built_at: float
+    outputs: tuple[tuple[str, str], ...]  # only outputs present in the store
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """A source store path of a revision: its root (``subdir`` "") or a directory, under a rule."""
+
+    subdir: str
+    rule: str  # export-ignore | raw
+    nar_hash: str  # SRI
+    store_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionRecord:
+    rev: str
+    commit_time: int
+    sources: tuple[SourceRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryRecord:
+    name: str
+    path: str
+    url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LockRecord:
+    """One locked input of a flake.lock that has a narHash."""
+
+    input: str  # input path from the root, joined by "/"
+    type: str
+    location: str  # url, or owner/repo
+    ref: str | None
+    rev: str | None
+    nar_hash: str
+    store_path: str  # <narHash>-source
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedSource:
+    """A source of a recorded revision, found by store path or NAR hash."""
+
+    store_path: str
+    repository: str
+    rev: str
+    subdir: str
+    rule: str
+    rev_id: int
+    nar_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedBuild:
+    """The newest build of a derivation, with the derivation's id for joins."""
+
+    drv_id: int
+    build: Build
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltOutput:
+    drv_id: int
+    drv_path: str
+    output: str
+    built_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TableCounts:
+    derivations: int
+    outputs: int
+    builds: int
+
+
+# -- what the ingest pipeline writes
+
+
+class EventLog(Protocol):
+    async def append(self, events: Sequence[NewEvent]) -> None:
+        """Commit a group of events in one transaction; the same (drv, t) twice is one event."""
+
+    async def pending(self, limit: int) -> list[PendingEvent]: ...
+
+    async def fail(self, event_id: int, error: str) -> None: ...
+
+
+class BuildIndex(Protocol):
+    async def record(self, event_id: int, drvs: Sequence[DerivationRecord], realised: Sequence[Realised],
+                     build: BuildRecord) -> None:
+        """In one transaction: new derivations, outputs now known, the build, the event indexed."""
+
+
+# -- what the source recorder writes
+
+
+class SourceIndex(Protocol):
+    async def record_revisions(self, repo: RepositoryRecord, revisions: Sequence[RevisionRecord],
+                               moves: Sequence[RefChange]) -> None:
+        """In one transaction: the repository, new revisions with their sources, and ref moves."""
+
+    async def replace_lock(self, lock_file: str, inputs: Sequence[LockRecord]) -> None:
+        """Replace everything known of one flake.lock."""
+
+
+# -- what queries read, from one snapshot
+
+
+class EventQueries(Protocol):
+    async def counts(self) -> EventCounts: ...
+
+    async def last(self) -> Event | None: ...
+
+    async def by_keys(self, keys: Sequence[tuple[str, float]]) -> list[Event]: ...
+
+    async def newest(self, state: EventState | None, limit: int) -> list[Event]: ...
+
+
+class BuildQueries(Protocol):
+    async def known_modulo(self, paths: Collection[str]) -> dict[str, str]:
+        """The stored modulo hash of each of ``paths`` already in the index."""
+
+    async def recent(self, since: float, limit: int) -> list[Build]: ...
+
+    async def newest_builds(self, drv_ids: Collection[int]) -> list[IndexedBuild]:
+        """The newest build of each derivation among ``drv_ids`` that has one."""
+
+    async def producer(self, path: str) -> BuiltOutput | None:
+        """The newest build that produced output ``path``."""
+
+    async def closure_inputs(self, drv_id: int) -> tuple[list[str], list[str]]:
+        """Input sources, and recursive fixed-output hashes, used anywhere in a derivation's closure."""
+
+    async def derivations_using(self, store_paths: Sequence[str], nar_hashes: Sequence[str],
+                                max_distance: int) -> dict[int, int]:
+        """Derivation id -> distance for derivations that use one of ``store_paths`` as an input
+        source or whose recursive fixed-output hash is one of ``nar_hashes`` (0), and those above
+        them in the closure graph (one per step)."""
+
+    async def derivation(self, path: str) -> DerivationInfo | None: ...
+
+    async def table_counts(self) -> TableCounts: ...
+
+
+class SourceQueries(Protocol):
+    async def repository_id(self, name: str) -> int | None: ...
+
+    async def current_refs(self, repo_id: int) -> dict[str, str | None]:
+        """Each ref's latest recorded target (None: deleted)."""
+
+    async def revisions_with_sources(self, repo_id: int, revs: Collection[str]) -> set[str]: ...
+
+    async def ref_target(self, repo_id: int, names: Sequence[str], at: float) -> tuple[str, str] | None:
+        """(ref, rev) of the first of ``names`` that pointed at a revision at time ``at``."""
+
+    async def revs_with_prefix(self, repo_id: int, prefix: str) -> list[str]: ...
+
+    async def revision_sources(self, repo_id: int, rev: str) -> list[SourceRecord]: ...
+
+    async def repository_derivations(self, repo_id: int, max_distance: int) -> dict[int, int]:
+        """As :meth:`BuildQueries.derivations_using`, for every recorded revision of a repository."""
+
+    async def recorded_sources(self, paths: Collection[str], hashes: Collection[str]
+                               ) -> list[RecordedSource]: ...
+
+    async def refs_at(self, rev_id: int, at: float | None) -> list[str]:
+        """Refs whose latest move (up to ``at``; None: now) points at revision ``rev_id``."""
+
+    async def locked_inputs(self, paths: Collection[str], hashes: Collection[str]) -> list[LockedInput]: ...
+
+    async def ref_history(self, repo_id: int) -> list[RefMove]: ...
+
+
+class Reader(Protocol):
+    """One consistent snapshot of the index: sees only committed data, never writes."""
+
+    @property
+    def events(self) -> EventQueries: ...
+
+    @property
+    def builds(self) -> BuildQueries: ...
+
+    @property
+    def sources(self) -> SourceQueries: ...
+
+
+class Store(Protocol):
+    @property
+    def events(self) -> EventLog: ...
+
+    @property
+    def builds(self) -> BuildIndex: ...
+
+    @property
+    def sources(self) -> SourceIndex: ...
+
+    @property
+    def location(self) -> str:
+        """Where the index is, for people (a file path, a database URL without its password)."""
+
+    def reading(self) -> AbstractAsyncContextManager[Reader]:
+        """A reader over one snapshot, for the duration of the block."""
+
+    def size(self) -> int:
+        """Bytes on disk, or -1 when the backend cannot tell cheaply."""
+
+    async def close(self) -> None: ...

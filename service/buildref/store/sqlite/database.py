@@ -1,0 +1,136 @@
+"""SQLite connections: one writer, whose transactions are serialised by a lock, and a pool of
+read-only readers, each serving one snapshot (a read transaction) at a time. In WAL mode readers
+never wait on the writer and never see what it has not committed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import aiosqlite
+
+from buildref.errors import StorageError
+
+CHUNK = 500  # values per IN list: stays under SQLite's limit on bound parameters
+READERS = 4
+
+
+async def connect(path: str, *, reader: bool) -> aiosqlite.Connection:
+    """A configured connection; closed again (its thread stopped) if configuring it fails."""
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await conn.execute("PRAGMA busy_timeout = 5000")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        if reader:
+            await conn.execute("PRAGMA query_only = ON")  # the read path cannot write, even by mistake
+        else:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = FULL")  # a committed event survives power loss
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+class Database:
+    """The connections to one SQLite file; open with :meth:`open`, close once."""
+
+    def __init__(self, path: str, writer: aiosqlite.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._writing = asyncio.Lock()
+        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all_readers: list[aiosqlite.Connection] = []
+
+    @classmethod
+    async def open(cls, path: str, readers: int = READERS) -> Database:
+        writer = await connect(path, reader=False)
+        db = cls(path, writer)
+        try:
+            for _ in range(readers):
+                conn = await connect(path, reader=True)
+                db._all_readers.append(conn)
+                db._readers.put_nowait(conn)
+        except BaseException:
+            await db.close()
+            raise
+        return db
+
+    async def close(self) -> None:
+        for conn in [*self._all_readers, self._writer]:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        self._all_readers.clear()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The writer, inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any error)."""
+        async with self._writing:
+            await _storage(self._writer.execute("BEGIN IMMEDIATE"))
+            try:
+                yield self._writer
+            except BaseException:
+                with contextlib.suppress(Exception):  # a failed COMMIT may have ended it already
+                    await self._writer.execute("ROLLBACK")
+                raise
+            try:
+                await self._writer.execute("COMMIT")
+            except sqlite3.Error as e:
+                with contextlib.suppress(Exception):
+                    await self._writer.execute("ROLLBACK")
+                raise StorageError(f"the index could not commit: {e}") from None
+
+    @contextlib.asynccontextmanager
+    async def statement(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The writer for one statement outside an explicit transaction (autocommit)."""
+        async with self._writing:
+            yield self._writer
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A reader inside one read transaction: every query sees the same committed state."""
+        conn = await self._readers.get()
+        try:
+            await conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                await conn.execute("COMMIT")
+        finally:
+            self._readers.put_nowait(conn)
+
+    def size(self) -> int:
+        """Bytes on disk, write-ahead log included."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(self.path + suffix).st_size
+        return total
+
+
+async def _storage(awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except sqlite3.Error as e:
+        raise StorageError(f"the index is not available: {e}") from None
+
+
+async def rows(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    async with conn.execute(sql, params) as cursor:
+        return list(await cursor.fetchall())
+
+
+async def rows_in(conn: aiosqlite.Connection, sql: str, values: Iterable[Any],
+                  before: Sequence[Any] = ()) -> list[Any]:
+    """Rows of ``sql``, whose ``{marks}`` is the IN list of ``values``, run in chunks that stay
+    under SQLite's limit on bound parameters; ``before`` binds the parameters ahead of it."""
+    wanted = list(values)
+    found: list[Any] = []
+    for i in range(0, len(wanted), CHUNK):
+        chunk = wanted[i:i + CHUNK]
+        found += await rows(conn, sql.format(marks=",".join("?" * len(chunk))), [*before, *chunk])
+    return found

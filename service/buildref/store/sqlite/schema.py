@@ -1,0 +1,163 @@
+"""The SQLite schema as a list of migrations: ``PRAGMA user_version`` says how many have run.
+
+Round one's databases predate the counter (``user_version`` 0, tables present): migration 1 is
+round one's schema written with ``IF NOT EXISTS``, so it creates a new database and leaves a
+round-one database as it is. Each later migration runs once, in its own transaction.
+"""
+
+from __future__ import annotations
+
+import aiosqlite
+
+from buildref.errors import BadConfig
+
+_ROUND_ONE = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    drv TEXT NOT NULL,            -- as received: only trusted once the indexer has read it
+    outs TEXT NOT NULL,           -- OUT_PATHS as received, space separated
+    t REAL NOT NULL,              -- when the hook ran
+    received_at REAL NOT NULL,
+    source TEXT NOT NULL,         -- socket | spool
+    state TEXT NOT NULL,          -- pending | indexed | failed
+    error TEXT,
+    indexed_at REAL,
+    UNIQUE (drv, t)
+);
+CREATE INDEX IF NOT EXISTS events_pending ON events (id) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS derivations (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    system TEXT NOT NULL,
+    fixed_mode TEXT,              -- flat | recursive | text, for fixed-output derivations
+    fixed_hash TEXT,              -- SRI
+    modulo TEXT NOT NULL,         -- hashDerivationModulo, so later closures need not re-read it
+    first_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    drv_id INTEGER NOT NULL REFERENCES derivations (id),
+    name TEXT NOT NULL,
+    path TEXT,                    -- NULL until built for floating, impure and deferred outputs
+    PRIMARY KEY (drv_id, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outputs_path ON outputs (path);
+CREATE INDEX IF NOT EXISTS derivations_fixed ON derivations (fixed_hash) WHERE fixed_mode = 'recursive';
+CREATE TABLE IF NOT EXISTS drv_inputs (
+    drv_id INTEGER NOT NULL REFERENCES derivations (id),
+    input_id INTEGER NOT NULL REFERENCES derivations (id),
+    outputs TEXT NOT NULL,        -- the input's outputs used, space separated
+    PRIMARY KEY (drv_id, input_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS drv_inputs_input ON drv_inputs (input_id);
+CREATE TABLE IF NOT EXISTS src_inputs (
+    drv_id INTEGER NOT NULL REFERENCES derivations (id),
+    path TEXT NOT NULL,
+    PRIMARY KEY (drv_id, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS src_inputs_path ON src_inputs (path);
+CREATE TABLE IF NOT EXISTS builds (
+    event_id INTEGER PRIMARY KEY REFERENCES events (id),
+    drv_id INTEGER NOT NULL REFERENCES derivations (id),
+    built_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS builds_drv ON builds (drv_id);
+CREATE INDEX IF NOT EXISTS builds_time ON builds (built_at);
+CREATE TABLE IF NOT EXISTS build_outputs (
+    event_id INTEGER NOT NULL REFERENCES builds (event_id),
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (event_id, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS build_outputs_path ON build_outputs (path);
+CREATE TABLE IF NOT EXISTS repositories (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL,
+    url TEXT
+);
+CREATE TABLE IF NOT EXISTS revisions (
+    id INTEGER PRIMARY KEY,
+    repo_id INTEGER NOT NULL REFERENCES repositories (id),
+    rev TEXT NOT NULL,
+    commit_time INTEGER NOT NULL,
+    UNIQUE (repo_id, rev)
+);
+CREATE TABLE IF NOT EXISTS ref_moves (
+    id INTEGER PRIMARY KEY,
+    repo_id INTEGER NOT NULL REFERENCES repositories (id),
+    ref TEXT NOT NULL,
+    rev_id INTEGER REFERENCES revisions (id),  -- NULL: the ref was deleted
+    seen_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ref_moves_ref ON ref_moves (repo_id, ref, id);
+CREATE INDEX IF NOT EXISTS ref_moves_time ON ref_moves (repo_id, ref, seen_at, id);
+CREATE INDEX IF NOT EXISTS ref_moves_rev ON ref_moves (rev_id);
+CREATE TABLE IF NOT EXISTS sources (
+    rev_id INTEGER NOT NULL REFERENCES revisions (id),
+    subdir TEXT NOT NULL,         -- "" for the root
+    rule TEXT NOT NULL,           -- export-ignore | raw
+    nar_hash TEXT NOT NULL,       -- SRI
+    store_path TEXT NOT NULL,
+    PRIMARY KEY (rev_id, subdir, rule)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sources_path ON sources (store_path);
+CREATE INDEX IF NOT EXISTS sources_hash ON sources (nar_hash);
+CREATE TABLE IF NOT EXISTS locked_inputs (
+    lock_file TEXT NOT NULL,      -- a path, or <repository>@<rev>:flake.lock
+    input TEXT NOT NULL,          -- input path from the root, joined by "/"
+    type TEXT NOT NULL,
+    location TEXT NOT NULL,       -- url, or owner/repo
+    ref TEXT,
+    rev TEXT,
+    nar_hash TEXT NOT NULL,
+    store_path TEXT NOT NULL,     -- <narHash>-source
+    PRIMARY KEY (lock_file, input)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS locked_inputs_path ON locked_inputs (store_path);
+CREATE INDEX IF NOT EXISTS locked_inputs_hash ON locked_inputs (nar_hash);
+"""
+
+# Each entry is one migration; never edit one that has shipped, add another.
+MIGRATIONS: tuple[str, ...] = (
+    _ROUND_ONE,
+    # 2: newest events by state (`buildref events --state failed`) without a scan
+    "CREATE INDEX IF NOT EXISTS events_state ON events (state, id);"
+    " DELETE FROM meta WHERE key = 'schema_version';",
+)
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Bring the database up to date; the version it is at now."""
+    async with conn.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    version = int(row[0]) if row else 0
+    if version > len(MIGRATIONS):
+        raise BadConfig(f"the database is at schema version {version}, newer than this buildref "
+                        f"({len(MIGRATIONS)}): upgrade buildref")
+    for number in range(version + 1, len(MIGRATIONS) + 1):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[number - 1]):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {number}")  # a number of ours, never input
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
+    return len(MIGRATIONS)
+
+
+def _statements(script: str) -> list[str]:
+    """``script`` split into statements (executescript would commit the migration's transaction);
+    ``complete_statement`` keeps a ``;`` inside a string or comment from splitting one."""
+    import sqlite3
+
+    statements, current = [], ""
+    for part in script.split(";"):
+        current += part + ";"
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s.strip(" \n;")]
