@@ -46,3 +46,11 @@ class BadRequest(BuildrefError):
 
 class ServiceUnavailable(BuildrefError):
     """The service's socket cannot be reached or did not answer."""
+
+
+class BadNarInfo(BuildrefError):
+    """A ``.narinfo`` or ``nix-cache-info`` file that Nix would reject as corrupt."""
+
+
+class BadSigningKey(BuildrefError):
+    """A binary cache public or secret key that is not ``name:base64`` of the right size."""
