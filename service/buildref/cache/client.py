@@ -42,9 +42,10 @@ class ProbeSettings:
     timeout: float = 10.0          # seconds for one request, connecting included
     per_cache: int = 8             # requests in flight to one cache
     overall: int = 32              # requests in flight to all caches together
-    positive_ttl: float = 3600.0   # a verified narinfo (and a good nix-cache-info)
+    positive_ttl: float = 3600.0   # a verified narinfo
     negative_ttl: float = 300.0    # no narinfo, or one that does not verify
     unavailable_ttl: float = 60.0  # a failing cache is not asked again before this
+    cache_info_ttl: float = 3600.0  # nix-cache-info (StoreDir) is read again after this
     max_entries: int = 100_000     # memo entries over all caches
     max_body: int = 1 << 20        # a narinfo is a few hundred bytes; refuse anything huge
 
@@ -198,7 +199,7 @@ class CacheClient:
 
     async def _check(self, cache: _Cache) -> tuple[Reason, str] | None:
         """Why the cache cannot answer now, or None: keys configured, not disabled, and a
-        ``nix-cache-info`` for our store directory (read once per ``positive_ttl``)."""
+        ``nix-cache-info`` for our store directory (read once per ``cache_info_ttl``)."""
         url = cache.config.url
         if not cache.keys:
             return (Reason.CACHE_UNUSABLE,
@@ -211,7 +212,7 @@ class CacheClient:
             async with cache.slots, self._overall:
                 fetched = await self._transport.get(cache.base, "nix-cache-info")
             error: str | None = None
-            ttl = self._settings.positive_ttl
+            ttl = self._settings.cache_info_ttl
             match fetched.outcome:
                 case Outcome.FAILED:
                     self._disable(cache, fetched)
