@@ -24,7 +24,8 @@ from buildref.cache import (
     Reason,
 )
 from buildref.cache.memo import TtlLru
-from buildref.errors import BadNarInfo, BadSigningKey
+from buildref.cache.transport import cache_base
+from buildref.errors import BadConfig, BadNarInfo, BadSigningKey
 from buildref.nix.hashes import Hash, HashAlgo
 from buildref.nix.narinfo import (
     CacheInfo,
@@ -339,6 +340,7 @@ def test_present_absent_and_missing_from_a_file_cache(
     assert states == [(Presence.PRESENT, Reason.VERIFIED), (Presence.PRESENT, Reason.VERIFIED),
                       (Presence.ABSENT, Reason.NO_NARINFO), (Presence.ABSENT, Reason.NO_NARINFO)]
     assert result.error is None and not result.holds_all
+    assert result.state(built.refs) is Presence.PRESENT
 
 
 def test_present_and_absent_over_http(signed_cache: Path, keys: dict[str, KeyPair], built: Built) -> None:
@@ -589,3 +591,14 @@ def test_concurrent_queries_share_one_request_per_path(
                 assert await first == await second
                 assert server.narinfo_requests == 2
     asyncio.run(run())
+
+
+def test_cache_urls_and_keys_are_checked_when_the_client_is_made(keys: dict[str, KeyPair]) -> None:
+    assert cache_base("https://cache.example.org/?priority=10") == "https://cache.example.org"
+    assert cache_base("file:///srv/cache/") == "file:///srv/cache"
+    for url in ("ftp://cache.example.org", "file://relative/dir", "cache.example.org"):
+        with pytest.raises(BadConfig):
+            CacheClient([CacheConfig(url, (keys["cache-a-1"].public,))])
+    with pytest.raises(BadConfig) as err:
+        CacheClient([CacheConfig("https://cache.example.org", ("cache-a-1:short",))])
+    assert str(err.value).startswith("error: binary cache 'https://cache.example.org': public key")

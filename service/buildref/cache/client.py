@@ -190,9 +190,15 @@ class CacheClient:
                 tuple(PathPresence(path, Presence.UNAVAILABLE, reason, error) for path, _ in asked),
                 error,
             )
-        paths = list(dict.fromkeys(path for path, _ in asked))
-        lookups = dict(zip(paths, await asyncio.gather(*(self._lookup(cache, p) for p in paths)),
+        lookups: dict[str, _Lookup] = {}
+        for path, _ in asked:
+            memoised = self._memo.get((cache.index, path))
+            if memoised is not None:
+                lookups[path] = memoised
+        missing = list(dict.fromkeys(path for path, _ in asked if path not in lookups))
+        lookups.update(zip(missing, await asyncio.gather(*(self._lookup(cache, p) for p in missing)),
                            strict=True))
+        paths = list(lookups)
         answers = tuple(_answer(path, expected, lookups[path]) for path, expected in asked)
         failed = any(lookups[p].reason is Reason.FETCH_FAILED for p in paths)
         return CachePresence(cache.config.url, answers, cache.disabled_why if failed else None)
