@@ -198,9 +198,8 @@ class CacheClient:
         missing = list(dict.fromkeys(path for path, _ in asked if path not in lookups))
         lookups.update(zip(missing, await asyncio.gather(*(self._lookup(cache, p) for p in missing)),
                            strict=True))
-        paths = list(lookups)
         answers = tuple(_answer(path, expected, lookups[path]) for path, expected in asked)
-        failed = any(lookups[p].reason is Reason.FETCH_FAILED for p in paths)
+        failed = any(lookup.reason is Reason.FETCH_FAILED for lookup in lookups.values())
         return CachePresence(cache.config.url, answers, cache.disabled_why if failed else None)
 
     async def _check(self, cache: _Cache) -> tuple[Reason, str] | None:
