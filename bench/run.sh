@@ -6,3 +6,4 @@ python drv_show.py "$@"
 python git_hash.py "$@"
 python service.py
 python lookup.py
+python cache_presence.py

@@ -105,6 +105,14 @@ class InternalError(BuildrefError):
     kind = Kind.INTERNAL
 
 
+class BadNarInfo(BuildrefError):
+    """A ``.narinfo`` or ``nix-cache-info`` file that Nix would reject as corrupt."""
+
+
+class BadSigningKey(BuildrefError):
+    """A binary cache public or secret key that is not ``name:base64`` of the right size."""
+
+
 def error_of_kind(kind: Kind, message: str) -> BuildrefError:
     """An error of ``kind`` with a message already in ``error: ...`` form (as a client receives it)."""
     cls = {Kind.INVALID: BuildrefError, Kind.NOT_FOUND: NotFound, Kind.FORBIDDEN: Forbidden,
