@@ -2,13 +2,15 @@
 
 Usage: python bench/lookup.py [--outputs N] [--revisions N] [--queries N] [--files N]
 
-1. A synthetic index in the real schema (the service's own `Database.open` creates it): N
+1. A synthetic index, written through the storage interfaces into the service's SQLite: N
    revisions of one repository (each with its root and two directories, under both rules), one
    application derivation per revision that uses the revision's source, a wrapper above each
    (distance 1), shared dependencies below, two outputs per derivation and a build of each, and
    the history of `main` through every revision plus a tag every 10 revisions. Then `lookup`
    (random tag) and `why` (random output) through the query socket, one connection per request
    as the CLI does: p50 and p99. Goal: p99 <= 5 ms.
+   Then the hook's ack latency (p50, p99), alone and beside 16 processes doing lookups
+   as fast as they can.
 2. A real repository of N files: the time from a commit (ref move) until `refs` shows it and its
    sources are in the index (the watcher's path). Reported, no reference.
 """
@@ -17,19 +19,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import shutil
-import sqlite3
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from buildref.db import Database
-from common import Service
+from buildref.models import RefChange
+from buildref.store.api import (
+    BuildRecord,
+    DerivationRecord,
+    NewEvent,
+    RepositoryRecord,
+    RevisionRecord,
+    SourceRecord,
+)
+from buildref.store.sqlite import SqliteStore
+from common import start_service
+
+BATCH = 2000
 
 
 def fake_path(kind: str, i: int, name: str) -> str:
@@ -37,96 +51,73 @@ def fake_path(kind: str, i: int, name: str) -> str:
     return f"/nix/store/{digest}-{name}"
 
 
-def build_index(db_path: str, revisions: int, outputs: int) -> dict[str, Any]:
-    asyncio.run(_create(db_path))
-    conn = sqlite3.connect(db_path)
-    conn.execute("PRAGMA synchronous = OFF")
+def drv_path(d: int) -> str:
+    return fake_path("d", d, f"pkg{d}.drv")
+
+
+async def build_index(db_path: str, revisions: int, outputs: int) -> dict[str, Any]:
+    """The synthetic index, written through the storage interfaces (bulk: builds and revisions
+    in batches, commits not synced; the service itself always syncs)."""
+    store = await SqliteStore.open(db_path, durable=False)
+    try:
+        return await _fill(store, revisions, outputs)
+    finally:
+        await store.close()
+
+
+def _nar_hash(i: int, sub: str, rule: str) -> str:
+    return f"sha256-{i:043d}{sub}{rule}"[:51] + "="
+
+
+async def _fill(store: SqliteStore, revisions: int, outputs: int) -> dict[str, Any]:
     rng = random.Random(1)
-    now = time.time()
-    conn.execute("INSERT INTO repositories (id, name, path) VALUES (1, 'app', '/srv/app')")
-    conn.executemany(
-        "INSERT INTO revisions (id, repo_id, rev, commit_time) VALUES (?, 1, ?, ?)",
-        ((i, f"{i:040x}", 1_600_000_000 + i) for i in range(1, revisions + 1)),
-    )
-    conn.executemany(
-        "INSERT INTO sources (rev_id, subdir, rule, nar_hash, store_path) VALUES (?, ?, ?, ?, ?)",
-        (
-            (
-                i,
-                sub,
-                rule,
-                f"sha256-{i:043d}{sub}{rule}"[:51] + "=",
-                fake_path("s" + sub[:1] + rule[:1], i, sub or "source"),
-            )
-            for i in range(1, revisions + 1)
-            for sub in ("", "lib", "docs")
-            for rule in ("export-ignore", "raw")
-        ),
-    )
-    conn.executemany(
-        "INSERT INTO ref_moves (repo_id, ref, rev_id, seen_at) VALUES (1, ?, ?, ?)",
-        (("refs/heads/main", i, now - revisions + i) for i in range(1, revisions + 1)),
-    )
-    conn.executemany(
-        "INSERT INTO ref_moves (repo_id, ref, rev_id, seen_at) VALUES (1, ?, ?, ?)",
-        ((f"refs/tags/v{i}", i, now - revisions + i) for i in range(10, revisions + 1, 10)),
-    )
+    repo = RepositoryRecord("app", "/srv/app", None)
+    for first in range(1, revisions + 1, BATCH):
+        batch = range(first, min(first + BATCH, revisions + 1))
+        revs = [RevisionRecord(f"{i:040x}", 1_600_000_000 + i, tuple(
+                    SourceRecord(sub, rule, _nar_hash(i, sub, rule),
+                                 fake_path("s" + sub[:1] + rule[:1], i, sub or "source"))
+                    for sub in ("", "lib", "docs") for rule in ("export-ignore", "raw")))
+                for i in batch]
+        # main through every revision, a tag every 10 (moves of one ref in one call: the last wins)
+        moves = [RefChange("refs/heads/main", f"{i:040x}") for i in batch]
+        moves += [RefChange(f"refs/tags/v{i}", f"{i:040x}") for i in batch if i % 10 == 0]
+        await store.sources.record_revisions(repo, revs, moves)
+
     # derivations: per revision an app (uses the source) and a wrapper; the rest shared dependencies
     drvs = outputs // 2
     deps = drvs - 2 * revisions
     assert deps > 0, "need more outputs than 4 per revision"
+    apps = {deps + 2 * i - 1: i for i in range(1, revisions + 1)}
+    now = time.time()
 
-    def drv_rows() -> Any:
-        for d in range(1, drvs + 1):
-            yield d, fake_path("d", d, f"pkg{d}.drv"), f"pkg{d}", "x86_64-linux", "regular:out=00"
+    def record(d: int) -> DerivationRecord:
+        inputs: tuple[tuple[str, str], ...] = ()
+        srcs: tuple[str, ...] = ()
+        if d in apps:
+            inputs = tuple((drv_path(rng.randrange(1, deps + 1)), "out") for _ in range(3))
+            srcs = (fake_path("se", apps[d], "source"),)
+        elif d - 1 in apps:
+            inputs = ((drv_path(d - 1), "out"),)
+        return DerivationRecord(drv_path(d), f"pkg{d}", "x86_64-linux", None, None,
+                                "regular:out=00", tuple((o, fake_path("o" + o[0], d, f"pkg{d}-{o}"))
+                                                        for o in ("out", "dev")),
+                                tuple(dict(inputs).items()), srcs)
 
-    conn.executemany(
-        "INSERT INTO derivations (id, path, name, system, modulo, first_seen) VALUES (?, ?, ?, ?, ?, 0)",
-        drv_rows(),
-    )
-    conn.executemany(
-        "INSERT INTO outputs (drv_id, name, path) VALUES (?, ?, ?)",
-        ((d, o, fake_path("o" + o[0], d, f"pkg{d}-{o}")) for d in range(1, drvs + 1) for o in ("out", "dev")),
-    )
-    conn.executemany(
-        "INSERT INTO events (id, drv, outs, t, received_at, source, state)"
-        " VALUES (?, ?, '', ?, ?, 'socket', 'indexed')",
-        ((d, fake_path("d", d, f"pkg{d}.drv"), float(d), float(d)) for d in range(1, drvs + 1)),
-    )
-    conn.executemany(
-        "INSERT INTO builds (event_id, drv_id, built_at) VALUES (?, ?, ?)",
-        ((d, d, now - drvs + d) for d in range(1, drvs + 1)),
-    )
-    conn.executemany(
-        "INSERT INTO build_outputs (event_id, name, path) VALUES (?, ?, ?)",
-        ((d, o, fake_path("o" + o[0], d, f"pkg{d}-{o}")) for d in range(1, drvs + 1) for o in ("out", "dev")),
-    )
-    app = lambda i: deps + 2 * i - 1  # noqa: E731
-    conn.executemany(
-        "INSERT INTO src_inputs (drv_id, path) VALUES (?, ?)",
-        ((app(i), fake_path("s" + "e", i, "source")) for i in range(1, revisions + 1)),
-    )
-    conn.executemany(
-        "INSERT OR IGNORE INTO drv_inputs (drv_id, input_id, outputs) VALUES (?, ?, 'out')",
-        ((app(i), rng.randrange(1, deps + 1)) for i in range(1, revisions + 1) for _ in range(3)),
-    )
-    conn.executemany(
-        "INSERT INTO drv_inputs (drv_id, input_id, outputs) VALUES (?, ?, 'out')",
-        ((app(i) + 1, app(i)) for i in range(1, revisions + 1)),
-    )
-    conn.commit()
-    counts = {
-        t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-        for t in ("revisions", "sources", "derivations", "outputs", "build_outputs", "ref_moves")
-    }
-    conn.execute("ANALYZE")
-    conn.close()
-    return {"counts": counts, "revisions": revisions, "drvs": drvs}
-
-
-async def _create(path: str) -> None:
-    db = await Database.open(path)
-    await db.close()
+    for first in range(1, drvs + 1, BATCH):
+        batch = range(first, min(first + BATCH, drvs + 1))
+        records = [record(d) for d in batch]
+        pairs = list(zip(batch, records, strict=True))
+        await store.events.append([NewEvent(r.path, (), float(d), "socket") for d, r in pairs])
+        ids = {e.drv: e.id for e in await store.events.pending(len(records))}
+        await store.builds.record([
+            BuildRecord(ids[r.path], r.path, now - drvs + d, r.outputs, (r,))  # type: ignore[arg-type]
+            for d, r in zip(batch, records, strict=True)])
+    async with store.reading() as reader:
+        counts = await reader.builds.table_counts()
+    return {"counts": {"revisions": revisions, "source paths": 6 * revisions,
+                       "derivations": counts.derivations, "outputs": counts.outputs, "builds": counts.builds},
+            "revisions": revisions, "drvs": drvs}
 
 
 def percentiles(times: list[float]) -> str:
@@ -140,12 +131,12 @@ def bench_queries(tmp: Path, args: argparse.Namespace) -> None:
     base = tmp / "big"
     (base / "state").mkdir(parents=True)
     start = time.perf_counter()
-    info = build_index(str(base / "state" / "buildref.db"), args.revisions, args.outputs)
+    info = asyncio.run(build_index(str(base / "state" / "buildref.db"), args.revisions, args.outputs))
     print(
         f"index built in {time.perf_counter() - start:.0f} s: "
         + ", ".join(f"{n:,} {t}" for t, n in info["counts"].items())
     )
-    svc = Service(base)
+    svc = start_service(base)
     try:
         rng = random.Random(2)
         tags = [f"v{i}" for i in range(10, args.revisions + 1, 10)]
@@ -153,7 +144,7 @@ def bench_queries(tmp: Path, args: argparse.Namespace) -> None:
         for _ in range(args.queries):
             tag = rng.choice(tags)
             t = time.perf_counter()
-            result = svc.call("lookup", {"repository": "app", "ref": tag})
+            result = svc.call("lookup", {"repo": "app", "ref": tag})
             times.append(time.perf_counter() - t)
             assert result["builds"] and result["builds"][0]["distance"] == 0, result
         print(f"{'lookup app <tag> (at the service)':<44} {percentiles(times)}   (goal p99 <= 5 ms)")
@@ -166,8 +157,61 @@ def bench_queries(tmp: Path, args: argparse.Namespace) -> None:
             times.append(time.perf_counter() - t)
             assert result["sources"] and result["sources"][0]["rev"] == f"{i:040x}", result
         print(f"{'why <output path> (at the service)':<44} {percentiles(times)}   (goal p99 <= 5 ms)")
+        bench_hook_beside_lookups(svc, tags, args.hooks)
     finally:
         svc.stop()
+
+
+_LOOKUP_LOAD = """
+import json, socket, sys, time
+path, deadline, tags = sys.argv[1], time.time() + float(sys.argv[2]), sys.argv[3:]
+i = 0
+while time.time() < deadline:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(path)
+        sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "lookup",
+                                 "params": {"repo": "app", "ref": tags[i % len(tags)]}}).encode() + b"\\n")
+        data = b""
+        while not data.endswith(b"\\n"):
+            data += sock.recv(1 << 20)
+    if i == 0:
+        print("running", flush=True)
+    i += 1
+"""
+
+
+def _hook_acks(svc: Any, n: int) -> list[float]:
+    """Seconds from connect to ack for ``n`` events sent one by one, one connection each, as the
+    hook sends them (their drvs are not in the store: each is committed as a failed event, which
+    is the same durable commit and ack)."""
+    times = []
+    for i in range(n):
+        line = json.dumps({"v": 1, "drv": fake_path("h", i, "hooked.drv"), "outs": [], "t": time.time()})
+        start = time.perf_counter()
+        answer = svc.raw(svc.hook_socket, line.encode() + b"\n")
+        times.append(time.perf_counter() - start)
+        assert answer.startswith(b"error: derivation"), answer
+    return times
+
+
+def bench_hook_beside_lookups(svc: Any, tags: list[str], n: int) -> None:
+    """The hook's ack latency alone, then with 16 clients doing lookups as fast as they can, each in
+    its own process: readers have their own connections, so the writer does not queue behind them."""
+    alone = _hook_acks(svc, n)
+    argv = [sys.executable, "-c", _LOOKUP_LOAD, str(svc.query_socket), "600", *tags[:50]]
+    load = [subprocess.Popen(argv, stdout=subprocess.PIPE) for _ in range(16)]
+    try:
+        for proc in load:  # each has answered a lookup: the load is on
+            assert proc.stdout is not None and proc.stdout.readline() == b"running\n"
+        beside = _hook_acks(svc, n)
+    finally:
+        for proc in load:
+            proc.kill()
+            proc.wait()
+    p99 = lambda t: sorted(t)[int(len(t) * 0.99) - 1]  # noqa: E731
+    print(f"{'hook ack alone':<44} {percentiles(alone)}")
+    print(f"{'hook ack beside 16 lookup clients':<44} {percentiles(beside)}   "
+          f"p99 ratio {p99(beside) / p99(alone):5.2f}")
 
 
 def bench_ref_move(tmp: Path, files: int) -> None:
@@ -188,17 +232,17 @@ def bench_ref_move(tmp: Path, files: int) -> None:
     subprocess.run(["git", "-C", str(repo), "commit", "-qm", "base"], check=True, env=env)
     base = tmp / "watch"
     base.mkdir()
-    svc = Service(base, f'[[repository]]\nname = "big"\npath = "{repo}"\n')
+    svc = start_service(base, repository=[{"name": "big", "path": str(repo)}])
     try:
 
         def main_moves() -> list[str]:
             try:
                 return [
                     m["rev"]
-                    for m in svc.call("refs", {"repository": "big"})
+                    for m in svc.call("refs", {"repo": "big"})
                     if m["ref"] == "refs/heads/main"
                 ]
-            except SystemExit:
+            except AssertionError:  # not recorded yet
                 return []
 
         while not main_moves():
@@ -231,6 +275,7 @@ def main() -> None:
     parser.add_argument("--revisions", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--files", type=int, default=3000)
+    parser.add_argument("--hooks", type=int, default=300, help="events timed for the hook's ack latency")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="brl", dir="/tmp"))
     try:

@@ -124,11 +124,11 @@ async def test_builds_closure_and_matching(backend: SqliteBackend) -> None:
     async with backend.open() as store:
         e1 = await add_event(store, app.path, 100.0)
         app_out = (("out", app.outputs[0][1] or ""),)
-        await store.builds.record(e1, [lib, fetched, app], [], BuildRecord(e1, app.path, 100.0, app_out))
+        await store.builds.record([BuildRecord(e1, app.path, 100.0, app_out, (lib, fetched, app))])
         e2 = await add_event(store, top.path, 200.0)
         dev = f"{S}{'d' * 32}-top-dev"
-        await store.builds.record(e2, [top], [Realised(top.path, "dev", dev)],
-                                  BuildRecord(e2, top.path, 200.0, (("dev", dev),)))
+        await store.builds.record([BuildRecord(e2, top.path, 200.0, (("dev", dev),), (top,),
+                                               (Realised(top.path, "dev", dev),))])
         async with store.reading() as r:
             assert await r.builds.known_modulo([lib.path, top.path, f"{S}x.drv"]) == {
                 lib.path: "regular:out=lib", top.path: "regular:out=top"}
@@ -153,6 +153,24 @@ async def test_builds_closure_and_matching(backend: SqliteBackend) -> None:
             counts = await r.builds.table_counts()
             assert (counts.derivations, counts.outputs, counts.builds) == (4, 5, 2)
             assert (await r.events.counts()).indexed == 2
+
+
+@run
+async def test_builds_are_recorded_in_batches(backend: SqliteBackend) -> None:
+    """Many builds in one transaction (a backlog, a benchmark's load), each with its own event;
+    a derivation new to several of them is one derivation."""
+    shared = drv("shared")
+    tops = [drv(f"top{i}", inputs=((shared.path, "out"),)) for i in range(50)]
+    async with backend.open() as store:
+        await store.events.append([NewEvent(t.path, (), 1.0, "socket") for t in tops])
+        ids = {e.drv: e.id for e in await store.events.pending(100)}
+        await store.builds.record([BuildRecord(ids[t.path], t.path, 1.0, (("out", t.path[:-4]),), (shared, t))
+                                   for t in tops])
+        async with store.reading() as r:
+            assert (await r.builds.table_counts()).derivations == 51
+            assert (await r.events.counts()).indexed == 50
+            shared_info = await r.builds.derivation(shared.path)
+            assert shared_info is not None and shared_info.builds == ()
 
 
 @run
@@ -220,7 +238,7 @@ async def test_a_reader_never_sees_uncommitted_or_rolled_back_writes(backend: Sq
         # and what is committed is seen by the next snapshot
         committed = drv("committed")
         event = await add_event(store, committed.path, 1.0)
-        await store.builds.record(event, [committed], [], BuildRecord(event, committed.path, 1.0, ()))
+        await store.builds.record([BuildRecord(event, committed.path, 1.0, (), (committed,))])
         async with store.reading() as r:
             assert committed.path in await r.builds.known_modulo([committed.path])
 

@@ -102,7 +102,7 @@ class GitRepository:
             parts = _split_subdir(subdir)
             name = check_name(parts[-1])
             fragment = self._subdir_fragment(commit.tree_id.raw, parts, rule, subdir)
-        info = self.trees.nar_info(fragment)
+        info = self.trees.nar_digest(fragment)
         return SourceInfo(
             rev=str(commit.id),
             nar_hash=info.nar_hash,
@@ -134,7 +134,7 @@ class GitRepository:
                     pending.append((entry.oid, [*parts, name]))
         found = []
         for rule in TreeRule:
-            info = self.trees.nar_info(self.trees.fragment(root, rule))
+            info = self.trees.nar_digest(self.trees.fragment(root, rule))
             found.append(TreeSource("", rule, info.nar_hash, source_path(info.nar_hash, "source",
                                                                           store_dir=self.store_dir)))
             for parts in sorted(directories):
@@ -144,7 +144,7 @@ class GitRepository:
                     fragment = self._subdir_fragment(root, parts, rule, subdir)
                 except BuildrefError:
                     continue
-                info = self.trees.nar_info(fragment)
+                info = self.trees.nar_digest(fragment)
                 found.append(TreeSource(subdir, rule, info.nar_hash,
                                         source_path(info.nar_hash, name, store_dir=self.store_dir)))
         return found

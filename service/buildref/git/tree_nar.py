@@ -19,7 +19,7 @@ from buildref.errors import BadArchive, GitError
 from buildref.git.attributes import Rule, export_ignored, parse_attributes
 from buildref.nix import nar
 from buildref.nix.hashes import Hash, HashAlgo
-from buildref.nix.nar import NarInfo
+from buildref.nix.nar import NarDigest
 
 
 class TreeRule(Enum):
@@ -202,11 +202,11 @@ class TreeNarCache:
     def memoised(self, key: _MemoKey) -> Fragment | None:
         return self._memo.get(key)
 
-    def nar_info(self, fragment: Fragment) -> NarInfo:
+    def nar_digest(self, fragment: Fragment) -> NarDigest:
         h = hashlib.sha256(nar.MAGIC)
         for chunk in fragment.chunks(self._read_blob):
             h.update(chunk)
-        return NarInfo(Hash(HashAlgo.SHA256, h.digest()), len(nar.MAGIC) + fragment.size)
+        return NarDigest(Hash(HashAlgo.SHA256, h.digest()), len(nar.MAGIC) + fragment.size)
 
     def leaf_fragment(self, entry: Entry) -> Fragment:
         return Fragment(list(self.node(entry)))

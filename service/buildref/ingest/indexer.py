@@ -95,8 +95,8 @@ class Indexer:
                 realised.append(Realised(top, name, path))
             if os.path.lexists(path):
                 built.append((name, path))
-        build = BuildRecord(event.id, top, event.t, tuple(built))
-        await self._store.builds.record(event.id, prepared.new, realised, build)
+        build = BuildRecord(event.id, top, event.t, tuple(built), tuple(prepared.new), tuple(realised))
+        await self._store.builds.record([build])
         return len(prepared.new), build
 
     async def _known_modulo(self, paths: list[str]) -> dict[str, str]:

@@ -66,7 +66,7 @@ def check_entry_name(name: bytes, where: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class NarInfo:
+class NarDigest:
     """The NAR hash of a file system object and the size of its NAR."""
 
     nar_hash: Hash
@@ -86,8 +86,8 @@ class HashingSink:
         self.size += len(data)
         self._hash.update(data)
 
-    def result(self) -> NarInfo:
-        return NarInfo(Hash(HashAlgo.SHA256, self._hash.digest()), self.size)
+    def result(self) -> NarDigest:
+        return NarDigest(Hash(HashAlgo.SHA256, self._hash.digest()), self.size)
 
 
 def dump_path(path: str | bytes, sink: Sink) -> None:
@@ -96,7 +96,7 @@ def dump_path(path: str | bytes, sink: Sink) -> None:
     _dump(os.fsencode(path), sink)
 
 
-def hash_path(path: str | bytes) -> NarInfo:
+def hash_path(path: str | bytes) -> NarDigest:
     sink = HashingSink()
     dump_path(path, sink)
     return sink.result()

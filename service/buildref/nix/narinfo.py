@@ -33,7 +33,7 @@ SIGNATURE_BYTES = 64
 class NarInfoFile:
     """A parsed ``<hash>.narinfo``: what a binary cache says about one store path.
 
-    Named apart from :class:`buildref.nix.nar.NarInfo` (the NAR hash and size of a file tree).
+    Named apart from :class:`buildref.nix.nar.NarDigest` (the NAR hash and size of a file tree).
     ``references`` and ``deriver`` are full store paths; ``references`` and ``sigs`` are sorted and
     without duplicates, as Nix holds them in sets. Keys Nix does not know are kept in ``unknown``.
     """

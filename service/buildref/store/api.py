@@ -71,10 +71,15 @@ class Realised:
 
 @dataclass(frozen=True, slots=True)
 class BuildRecord:
+    """An indexed event: the build, the derivations of its closure new to the index, and the
+    outputs that became known when it was built."""
+
     event_id: int
     drv_path: str
     built_at: float
     outputs: tuple[tuple[str, str], ...]  # only outputs present in the store
+    new: tuple[DerivationRecord, ...] = ()
+    realised: tuple[Realised, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,9 +168,9 @@ class EventLog(Protocol):
 
 
 class BuildIndex(Protocol):
-    async def record(self, event_id: int, drvs: Sequence[DerivationRecord], realised: Sequence[Realised],
-                     build: BuildRecord) -> None:
-        """In one transaction: new derivations, outputs now known, the build, the event indexed."""
+    async def record(self, builds: Sequence[BuildRecord]) -> None:
+        """In one transaction, for each build: its new derivations, the outputs now known, the
+        build, and its event marked indexed."""
 
 
 # -- what the source recorder writes

@@ -29,8 +29,9 @@ class SqliteStore:
         self.sources = SqliteSourceIndex(db)
 
     @classmethod
-    async def open(cls, path: str) -> SqliteStore:
-        """Open (creating it, 0600, if new) and migrate the database at ``path``."""
+    async def open(cls, path: str, durable: bool = True) -> SqliteStore:
+        """Open (creating it, 0600, if new) and migrate the database at ``path``. ``durable=False``
+        (commits not synced) is for loading a benchmark's synthetic index, never for the service."""
         if not os.path.exists(path):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         conn = await connect(path, reader=False)
@@ -38,7 +39,7 @@ class SqliteStore:
             await migrate(conn)
         finally:
             await conn.close()
-        return cls(await Database.open(path))
+        return cls(await Database.open(path, durable=durable))
 
     @property
     def location(self) -> str:

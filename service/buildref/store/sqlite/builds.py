@@ -8,7 +8,7 @@ from collections.abc import Collection, Iterable, Sequence
 import aiosqlite
 
 from buildref.models import Build, DerivationInfo, FixedOutput
-from buildref.store.api import BuildRecord, BuiltOutput, DerivationRecord, IndexedBuild, Realised, TableCounts
+from buildref.store.api import BuildRecord, BuiltOutput, IndexedBuild, TableCounts
 from buildref.store.sqlite.database import Database, rows, rows_in
 
 
@@ -16,9 +16,10 @@ class SqliteBuildIndex:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def record(self, event_id: int, drvs: Sequence[DerivationRecord], realised: Sequence[Realised],
-                     build: BuildRecord) -> None:
+    async def record(self, builds: Sequence[BuildRecord]) -> None:
         now = time.time()
+        drvs = [d for b in builds for d in b.new]
+        realised = [r for b in builds for r in b.realised]
         async with self._db.transaction() as conn:
             await conn.executemany(
                 "INSERT INTO derivations (path, name, system, fixed_mode, fixed_hash, modulo, first_seen)"
@@ -26,8 +27,8 @@ class SqliteBuildIndex:
                 [(d.path, d.name, d.system, d.fixed_mode, d.fixed_hash, d.modulo, now) for d in drvs],
             )
             # ids after insertion: inputs may be new in this transaction or indexed long ago
-            wanted = {build.drv_path, *(d.path for d in drvs), *(p for d in drvs for p, _ in d.input_drvs),
-                      *(r.drv for r in realised)}
+            wanted = {*(b.drv_path for b in builds), *(d.path for d in drvs),
+                      *(p for d in drvs for p, _ in d.input_drvs), *(r.drv for r in realised)}
             ids: dict[str, int] = dict(await rows_in(conn, "SELECT path, id FROM derivations"
                                                            " WHERE path IN ({marks})", wanted))
             await conn.executemany(
@@ -46,16 +47,16 @@ class SqliteBuildIndex:
                 "UPDATE outputs SET path = ? WHERE drv_id = ? AND name = ? AND path IS NULL",
                 [(r.path, ids[r.drv], r.output) for r in realised],
             )
-            await conn.execute(
+            await conn.executemany(
                 "INSERT INTO builds (event_id, drv_id, built_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                (event_id, ids[build.drv_path], build.built_at),
+                [(b.event_id, ids[b.drv_path], b.built_at) for b in builds],
             )
             await conn.executemany(
                 "INSERT INTO build_outputs (event_id, name, path) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                [(event_id, name, path) for name, path in build.outputs],
+                [(b.event_id, name, path) for b in builds for name, path in b.outputs],
             )
-            await conn.execute("UPDATE events SET state = 'indexed', error = NULL, indexed_at = ?"
-                               " WHERE id = ?", (now, event_id))
+            await conn.executemany("UPDATE events SET state = 'indexed', error = NULL, indexed_at = ?"
+                                   " WHERE id = ?", [(now, b.event_id) for b in builds])
 
 
 class SqliteBuildQueries:

@@ -19,8 +19,9 @@ CHUNK = 500  # values per IN list: stays under SQLite's limit on bound parameter
 READERS = 4
 
 
-async def connect(path: str, *, reader: bool) -> aiosqlite.Connection:
-    """A configured connection; closed again (its thread stopped) if configuring it fails."""
+async def connect(path: str, *, reader: bool, durable: bool = True) -> aiosqlite.Connection:
+    """A configured connection; closed again (its thread stopped) if configuring it fails.
+    ``durable=False`` skips fsync at commit: only for loading a benchmark's synthetic index."""
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         await conn.execute("PRAGMA busy_timeout = 5000")
@@ -29,7 +30,8 @@ async def connect(path: str, *, reader: bool) -> aiosqlite.Connection:
             await conn.execute("PRAGMA query_only = ON")  # the read path cannot write, even by mistake
         else:
             await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("PRAGMA synchronous = FULL")  # a committed event survives power loss
+            # a committed event survives power loss
+            await conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'OFF'}")
     except BaseException:
         await conn.close()
         raise
@@ -47,8 +49,8 @@ class Database:
         self._all_readers: list[aiosqlite.Connection] = []
 
     @classmethod
-    async def open(cls, path: str, readers: int = READERS) -> Database:
-        writer = await connect(path, reader=False)
+    async def open(cls, path: str, readers: int = READERS, durable: bool = True) -> Database:
+        writer = await connect(path, reader=False, durable=durable)
         db = cls(path, writer)
         try:
             for _ in range(readers):
