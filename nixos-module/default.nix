@@ -39,7 +39,8 @@ let
       params = map (kv: lib.splitString "=" kv)
         (lib.filter (kv: kv != "") (lib.splitString "&" (if query == null then "" else query)));
       param = name: lib.findFirst (kv: lib.head kv == name) null params;
-      withoutPort = h: if hasPrefix "[" h then lib.head (lib.splitString "]" h) + "]" else lib.head (lib.splitString ":" h);
+      withoutPort = h:
+        if hasPrefix "[" h then lib.head (lib.splitString "]" h) + "]" else lib.head (lib.splitString ":" h);
       hosts =
         if param "host" != null then lib.splitString "," (concatStringsSep "=" (lib.tail (param "host")))
         else map withoutPort (lib.splitString "," (lib.last (lib.splitString "@" authority)));
@@ -55,7 +56,8 @@ let
   # -- upload: the key, handed to the service by systemd (LoadCredential), goes into the store URI
   uploadUri =
     if cfg.upload.secretKeyFile == null then cfg.upload.to
-    else "${cfg.upload.to}${if lib.hasInfix "?" cfg.upload.to then "&" else "?"}secret-key=/run/credentials/buildref.service/${uploadKeyCredential}";
+    else cfg.upload.to + (if lib.hasInfix "?" cfg.upload.to then "&" else "?")
+      + "secret-key=/run/credentials/buildref.service/${uploadKeyCredential}";
 
   needsNetwork =
     lib.any (r: r.url != null && remote r.url) cfg.repositories
@@ -69,6 +71,9 @@ let
   writableDirectories =
     optional (sqlite && !hasPrefix "${stateDir}/" sqlitePath) (dirOf sqlitePath)
     ++ optional (cfg.upload.to != null && hasPrefix "file://" cfg.upload.to) (fileDirectory cfg.upload.to);
+
+  names = map (r: r.name) cfg.repositories;
+  repeatedNames = lib.unique (lib.filter (n: lib.count (x: x == n) names > 1) names);
 
   # Top-level keys of the TOML settings the module writes from its own options.
   ownedKeys = {
@@ -98,22 +103,27 @@ let
 
   # -- the post-build hook
 
+  # `NAME = "value"` as one shell word (a JSON string is a Python string literal too).
+  assign = name: value: lib.escapeShellArg "${name} = ${builtins.toJSON value}";
+
   # Nix runs one post-build-hook. buildref's is the package's hook.py with this system's interpreter
   # and paths baked in (Nix runs it after every build, so it must not depend on an environment);
   # when another hook is configured, buildref's runs first and then executes that one in its place.
   # `chained` is what nix.conf would have named (nix.nix renders paths and packages as their path).
-  hookScript = chained: pkgs.runCommand "buildref-hook" { } ''
-    substitute ${cfg.package}/${pkgs.python3.sitePackages}/buildref/hook.py $out \
-      --replace-fail '#!/usr/bin/python3 -IS' '#!${pkgs.python3}/bin/python3 -IS' \
-      --replace-fail 'DEFAULT_SOCKET = "/run/buildref/hook.sock"' ${lib.escapeShellArg "DEFAULT_SOCKET = ${builtins.toJSON cfg.hookSocket}"} \
-      --replace-fail 'DEFAULT_SPOOL = "/var/lib/buildref/spool"' 'DEFAULT_SPOOL = "${spoolDir}"' \
-      --replace-fail 'CHAINED_HOOK = ""' ${lib.escapeShellArg "CHAINED_HOOK = ${builtins.toJSON (if chained == null then "" else toString chained)}"}
-    chmod +x $out
-  '';
+  hookScript = chained:
+    let program = if chained == null then "" else toString chained;
+    in pkgs.runCommand "buildref-hook" { } ''
+      substitute ${cfg.package}/${pkgs.python3.sitePackages}/buildref/hook.py $out \
+        --replace-fail '#!/usr/bin/python3 -IS' '#!${pkgs.python3}/bin/python3 -IS' \
+        --replace-fail 'DEFAULT_SOCKET = "/run/buildref/hook.sock"' ${assign "DEFAULT_SOCKET" cfg.hookSocket} \
+        --replace-fail 'DEFAULT_SPOOL = "/var/lib/buildref/spool"' 'DEFAULT_SPOOL = "${spoolDir}"' \
+        --replace-fail 'CHAINED_HOOK = ""' ${assign "CHAINED_HOOK" program}
+      chmod +x $out
+    '';
 
   # What users may give nix.settings.post-build-hook (nix.nix's config atom, for this key): one
   # program, or null for none. Definitions merge as usual (priorities, mkForce); two different ones
-  # at the same priority are an error, since Nix and buildref run only one after buildref's.
+  # at the same priority are an error: Nix runs one hook, and buildref's chains one.
   hookType = lib.mkOptionType {
     name = "post-build-hook";
     description = "null or path of a program (string, path or package)";
@@ -124,8 +134,10 @@ let
       in
       if lib.all (def: def.value == first.value) defs then first.value
       else throw ''
-        The option `${lib.showOption loc}' is defined more than once, with different programs:${lib.options.showDefs defs}
-        Nix runs one post-build hook (services.buildref runs its own first, then this one): combine them into one script.'';
+        The option `${lib.showOption loc}' is defined more than once, with different programs:${
+          lib.options.showDefs defs}
+        Nix runs one post-build hook (services.buildref runs its own first, then this one):
+        combine them into one script.'';
   };
 
   socketUnit = name: path: mode: user: {
@@ -172,7 +184,7 @@ in
           url = mkOption {
             type = types.nullOr types.str;
             default = null;
-            description = "Remote to mirror; one that is not a local path or file:// lets the service use the network.";
+            description = "Remote to mirror; one not a local path or file:// lets the service use IP.";
           };
         };
       });
@@ -208,7 +220,8 @@ in
     database = mkOption {
       type = types.strMatching "sqlite:///.+|postgres(ql)?://.*";
       default = cfg.settings.database or "sqlite://${stateDir}/buildref.db";
-      defaultText = literalExpression ''config.services.buildref.settings.database or "sqlite://${stateDir}/buildref.db"'';
+      defaultText = literalExpression
+        ''config.services.buildref.settings.database or "sqlite://${stateDir}/buildref.db"'';
       example = "postgresql:///buildref?host=/run/postgresql";
       description = ''
         Where the index lives: `sqlite:///path`, or a libpq URL `postgresql://…`. A SQLite file
@@ -315,17 +328,18 @@ in
   config = mkIf cfg.enable {
     assertions = [
       {
-        assertion = lib.length (lib.unique (map (r: r.name) cfg.repositories)) == lib.length cfg.repositories;
-        message = "services.buildref.repositories: names must be unique; more than once: ${
-          concatStringsSep ", " (lib.unique (lib.filter (n: lib.count (x: x == n) (map (r: r.name) cfg.repositories) > 1)
-            (map (r: r.name) cfg.repositories)))}.";
+        assertion = repeatedNames == [ ];
+        message = "services.buildref.repositories: names must be unique; more than once: "
+          + concatStringsSep ", " repeatedNames + ".";
       }
       {
         assertion = !(cfg.settings ? database) || cfg.settings.database == cfg.database;
-        message = "services.buildref: settings.database and database differ; set services.buildref.database only.";
+        message = "services.buildref: settings.database and database differ; "
+          + "set services.buildref.database only.";
       }
       {
-        assertion = cfg.upload.secretKeyFile == null || cfg.upload.to == null || !lib.hasInfix "secret-key=" cfg.upload.to;
+        assertion = cfg.upload.secretKeyFile == null || cfg.upload.to == null
+          || !lib.hasInfix "secret-key=" cfg.upload.to;
         message = "services.buildref.upload: the URI already has a secret-key=; drop it or secretKeyFile.";
       }
     ] ++ lib.mapAttrsToList (key: option: {
@@ -336,9 +350,11 @@ in
 
     warnings =
       optional (cfg.http.enable && cfg.http.openFirewall && loopback)
-        "services.buildref.http.openFirewall opens port ${toString httpPort}, but the API listens on ${cfg.http.listen} only."
+        ("services.buildref.http.openFirewall opens port ${toString httpPort}, "
+          + "but the API listens on ${cfg.http.listen} only.")
       ++ optional (lib.hasInfix "post-build-hook" config.nix.extraOptions)
-        "nix.extraOptions sets post-build-hook, which replaces buildref's hook: set nix.settings.post-build-hook, which buildref chains.";
+        ("nix.extraOptions sets post-build-hook, which replaces buildref's hook: "
+          + "set nix.settings.post-build-hook, which buildref chains.");
 
     environment.systemPackages = [ cfg.package ];
     # Clients find the sockets there when they are not at their default paths.
