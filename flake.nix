@@ -27,8 +27,10 @@
         services.buildref.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.buildref;
       };
 
-      # A NixOS VM: the module enabled, a derivation built (the daemon runs the hook), then found
-      # by the ref of the repository its source came from. Not run here (no nixpkgs offline).
+      # A NixOS VM: the module enabled next to a post-build hook of the machine's own, a derivation
+      # built (the daemon runs buildref's hook, which runs the other one), then found by the ref of
+      # the repository its source came from, which appears only after boot. Not run here (no nixpkgs
+      # offline); tests/test_nixos_module.py evaluates the module with the real nixpkgs lib.
       checks.x86_64-linux.vm = nixpkgs.legacyPackages.x86_64-linux.testers.runNixOSTest {
         name = "buildref";
         nodes.machine = { pkgs, ... }: {
@@ -36,7 +38,10 @@
           services.buildref.enable = true;
           services.buildref.repositories = [ { name = "app"; path = "/srv/app"; } ];
           nix.settings.experimental-features = [ "nix-command" ];
-          environment.systemPackages = [ self.packages.x86_64-linux.buildref pkgs.git ];
+          nix.settings.post-build-hook = pkgs.writeShellScript "log-builds" ''
+            echo "$DRV_PATH" >> /run/builds.log
+          '';
+          environment.systemPackages = [ pkgs.git ];  # the module installs buildref
           virtualisation.writableStore = true;
         };
         testScript = ''
@@ -53,6 +58,8 @@
               "}\nNIX")
           out = machine.succeed("nix-build /tmp/demo.nix --no-out-link").strip()
           machine.wait_until_succeeds(f"buildref builds --json | grep -F {out}")
+          machine.succeed("grep -F -- -demo.drv /run/builds.log")  # the machine's own hook ran too
+          machine.succeed("systemctl show buildref.service -p LimitNOFILE | grep -Fx LimitNOFILE=65536")
           machine.succeed("buildref record app")  # /srv/app did not exist when the watcher started
           machine.succeed("buildref refs app | grep -F refs/tags/v1")
           machine.succeed(f"buildref lookup app v1 --json | grep -F {out}")

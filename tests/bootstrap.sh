@@ -7,6 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 missing=()
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v nix-instantiate >/dev/null 2>&1 || missing+=(nix-bin)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # checks the NixOS module's units
 [ -x /usr/bin/python3 ] || missing+=(python3)
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

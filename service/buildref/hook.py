@@ -14,6 +14,9 @@ import time
 
 DEFAULT_SOCKET = "/run/buildref/hook.sock"
 DEFAULT_SPOOL = "/var/lib/buildref/spool"
+# A post-build hook to run after ours, in its place (exec): the one Nix would have run without
+# buildref. BUILDREF_HOOK_CHAIN overrides it; empty means none.
+CHAINED_HOOK = ""
 
 
 def _json_string(value: str) -> str:
@@ -111,7 +114,8 @@ def main() -> int:
 
 
 def run() -> None:
-    """Console-script entry point: exits 0 in every case."""
+    """Console-script entry point. buildref's part ends as if it exited 0, in every case; then the
+    chained hook, if any, replaces this process, so that its output and exit status are Nix's."""
     try:
         main()
     except BaseException as e:  # see the docstring
@@ -119,6 +123,16 @@ def run() -> None:
             sys.stderr.write(f"buildref-hook: {e}\n")
         except BaseException:
             pass
+    chained = os.environ.pop("BUILDREF_HOOK_CHAIN", CHAINED_HOOK)
+    if chained:
+        # Same environment (DRV_PATH, OUT_PATHS, ...), looked up in PATH as Nix does (execvp). When
+        # it cannot start, Nix's own attempt would have failed with status 1 and one line: so do we.
+        try:
+            sys.stderr.flush()
+            os.execvp(chained, [chained])
+        except OSError as e:
+            sys.stderr.write(f"buildref-hook: error: executing '{chained}': {e.strerror}\n")
+            sys.exit(1)
     sys.exit(0)
 
 
