@@ -1,0 +1,311 @@
+"""Git ids of what Nix copies, so a store path and a revision compare by content.
+
+The *form* of a directory is the git tree object it would be if git stored exactly what is in the
+store: regular files as blobs (mode 100644, or 100755 when executable), symlinks as blobs of their
+target (120000), directories as trees (040000) — an empty one as the empty tree. It is computed two
+ways that agree when the contents agree:
+
+- from git objects (:class:`TreeForms`): a commit's tree, or a directory in it, under a rule —
+  ``raw`` as committed (submodules become empty directories, as Nix copies them), or
+  ``export-ignore`` as ``git archive`` leaves it (the same decisions as ``tree_nar``). Only tree
+  objects are read, never file contents, so the forms of every directory of a commit are cheap;
+- from a store copy (:func:`path_form`): the file system, every file read once.
+
+Equal forms mean equal trees whatever the store path's name: a flake's ``src = ./.;`` copied again
+as ``<h2>-<h1>-source``, ``builtins.path { name = ...; }``, a subdirectory. Each form also says how
+many files it holds and whether any of them could tell one project from another (trivial content —
+an empty directory, empty files, a lone licence — never names a revision).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from buildref.errors import BadArchive
+from buildref.git.attributes import Rule, export_ignored
+from buildref.git.tree_nar import Entry, TreeNarCache, TreeRule
+
+EMPTY_TREE = bytes.fromhex("4b825dc642cb6eb9a060e54bf8d69288fbee4904")
+EMPTY_BLOB = bytes.fromhex("e69de29bb2d1d6434b8b29ae775ad8c2e48c5391")
+_DIR, _FILE, _EXEC, _LINK = b"40000", b"100644", b"100755", b"120000"
+_MODE_TYPE, _MODE_TREE, _MODE_LINK, _MODE_GITLINK = 0o170000, 0o040000, 0o120000, 0o160000
+
+# Files unrelated projects commonly share byte for byte: a tree holding nothing else says nothing
+# about where it came from.
+_COMMON = re.compile(rb"(?i)(licen[cs]e|copying|copyright|notice|unlicen[cs]e|authors|contributors|"
+                     rb"code_of_conduct|contributing|security|funding)([._-].*)?|\.git(ignore|keep|attributes|"
+                     rb"modules)|\.keep|\.editorconfig|\.npmignore|\.dockerignore")
+
+
+@dataclass(frozen=True, slots=True)
+class Form:
+    oid: bytes  # git id of the tree (or, for a single file, of its blob)
+    files: int  # regular files and symlinks, at any depth
+    distinctive: bool  # holds a non-empty file other than the commonly shared ones
+    archived: bool = True  # written by git archive (export-ignore rule; see TreeNarCache)
+
+    @property
+    def identifying(self) -> bool:
+        """Whether finding this content names the revision it came from."""
+        return self.distinctive
+
+    @property
+    def hex(self) -> str:
+        return self.oid.hex()
+
+
+@dataclass(frozen=True, slots=True)
+class DirForm:
+    """A directory of a commit (``subdir`` "" for the root) as Nix copies it under ``rule``."""
+
+    subdir: str
+    rule: TreeRule
+    form: Form
+
+
+def blob_id(data: bytes) -> bytes:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).digest()
+
+
+def tree_id(items: list[tuple[bytes, bytes, bytes]]) -> bytes:
+    """The id of a tree object of (mode, name, oid) entries, in git's order (a directory sorts as
+    if its name ended in ``/``)."""
+    items.sort(key=lambda item: item[1] + b"/" if item[0] == _DIR else item[1])
+    body = b"".join(mode + b" " + name + b"\0" + oid for mode, name, oid in items)
+    return hashlib.sha1(b"tree %d\0" % len(body) + body, usedforsecurity=False).digest()
+
+
+def _leaf_distinctive(name: bytes, oid: bytes) -> bool:
+    return oid != EMPTY_BLOB and _COMMON.fullmatch(name) is None
+
+
+_Key = tuple[bytes, tuple[Rule, ...], bytes]
+
+
+class TreeForms:
+    """Forms of one repository's trees, memoised by tree id (and, under export-ignore, by the
+    attribute rules that reach into it), sharing the tree reader of ``trees``."""
+
+    MAX_MEMO = 1_000_000
+
+    def __init__(self, trees: TreeNarCache) -> None:
+        self._trees = trees
+        self._memo: dict[_Key, Form] = {}
+        self.trees_read = 0
+
+    def form(self, tree: bytes, rule: TreeRule, inherited: tuple[Rule, ...] = (), path: bytes = b"") -> Form:
+        """The form of ``tree`` found at ``path`` (``""`` or ending in ``/``) under ``rule``."""
+        *_, root = self._walk(tree, rule, inherited, path, None)  # the walk ends with the root
+        return root
+
+    def directories(self, tree: bytes, rule: TreeRule) -> list[DirForm]:
+        """The root and every directory Nix has under ``rule``, with their forms."""
+        listed: list[DirForm] = []
+        for _ in self._walk(tree, rule, (), b"", listed):
+            pass
+        return listed
+
+    def _key(self, tree: bytes, rule: TreeRule, inherited: tuple[Rule, ...], path: bytes) -> _Key:
+        return self._trees.key(tree, rule, inherited, path)
+
+    def _walk(self, tree: bytes, rule: TreeRule, inherited: tuple[Rule, ...], path: bytes,
+              listing: list[DirForm] | None) -> Iterator[Form]:
+        """Post-order over the directories below ``tree``, each one's form yielded when done (the
+        root last). With ``listing``, every directory is visited and listed, memoised or not."""
+        if len(self._memo) > self.MAX_MEMO:
+            self._memo.clear()
+        stack = [_Frame.open(self, tree, rule, inherited, path)]
+        while stack:
+            frame = stack[-1]
+            child = frame.next_subtree(self, listing is not None)
+            if child is not None:
+                stack.append(child)
+                continue
+            stack.pop()
+            result = frame.form
+            if result is None:
+                result = self._memo[frame.key] = frame.finish()
+            if listing is not None and (rule is TreeRule.RAW or result.archived):
+                subdir = frame.path.decode(errors="surrogateescape").rstrip("/")
+                listing.append(DirForm(subdir, rule, result))
+            if stack:
+                stack[-1].attach(frame.name, result)
+            yield result
+
+    def entries(self, tree: bytes) -> list[Entry]:
+        self.trees_read += 1
+        return self._trees.entries(tree)
+
+    def rules_of(self, entries: list[Entry], path: bytes) -> list[Rule]:
+        return self._trees.rules_of(entries, path)
+
+
+class _Frame:
+    __slots__ = ("archived", "distinctive", "entries", "files", "form", "index", "inherited", "items", "key",
+                 "name", "path", "rule")
+
+    def __init__(self, key: _Key, rule: TreeRule, inherited: tuple[Rule, ...], path: bytes,
+                 name: bytes) -> None:
+        self.key = key
+        self.rule = rule
+        self.inherited = inherited
+        self.path = path
+        self.name = name
+        self.entries: list[Entry] = []
+        self.index = 0
+        self.items: list[tuple[bytes, bytes, bytes]] = []
+        self.files = 0
+        self.distinctive = False
+        self.archived = False
+        self.form: Form | None = None  # set when the whole directory came from the memo
+
+    @classmethod
+    def open(cls, forms: TreeForms, tree: bytes, rule: TreeRule, inherited: tuple[Rule, ...], path: bytes,
+             name: bytes = b"") -> _Frame:
+        key = forms._key(tree, rule, inherited, path)
+        frame = cls(key, rule, inherited, path, name)
+        frame.form = forms._memo.get(key)
+        if frame.form is not None:
+            return frame
+        entries = forms.entries(tree)
+        # as in tree_nar: git archive writes a directory when it reaches a non-directory entry below it
+        frame.archived = any(e.mode & _MODE_TYPE != _MODE_TREE for e in entries)
+        if rule is TreeRule.EXPORT_IGNORE:
+            frame.inherited = inherited = inherited + tuple(forms.rules_of(entries, path))
+            if inherited:
+                entries = [e for e in entries
+                           if not export_ignored(inherited, path + e.name, e.is_tree or e.is_gitlink)]
+        frame.entries = entries
+        return frame
+
+    def next_subtree(self, forms: TreeForms, visit_all: bool) -> _Frame | None:
+        """Add leaf entries until reaching a subtree to open (one not memoised, or any when
+        ``visit_all``: a listing needs every directory's path)."""
+        if self.form is not None and not visit_all:
+            return None
+        if self.form is not None:  # memoised, but its directories must still be listed
+            if self.index == 0:
+                self.entries = forms.entries(self.key[0])
+                if self.rule is TreeRule.EXPORT_IGNORE:
+                    self.inherited = self.inherited + tuple(forms.rules_of(self.entries, self.path))
+                    self.entries = [e for e in self.entries if not export_ignored(
+                        self.inherited, self.path + e.name, e.is_tree or e.is_gitlink)]
+            while self.index < len(self.entries):
+                entry = self.entries[self.index]
+                self.index += 1
+                if entry.is_tree:
+                    return _Frame.open(forms, entry.oid, self.rule, self.inherited,
+                                       self.path + entry.name + b"/", entry.name)
+            return None
+        while self.index < len(self.entries):
+            entry = self.entries[self.index]
+            self.index += 1
+            kind = entry.mode & _MODE_TYPE
+            if kind == _MODE_TREE:
+                child_path = self.path + entry.name + b"/"
+                child = _Frame.open(forms, entry.oid, self.rule, self.inherited, child_path, entry.name)
+                if child.form is None or visit_all:
+                    return child
+                self.attach(entry.name, child.form)
+            elif kind == _MODE_GITLINK:  # a submodule: Nix copies an empty directory
+                self.items.append((_DIR, entry.name, EMPTY_TREE))
+            elif kind == _MODE_LINK:
+                self._leaf(_LINK, entry)
+            else:
+                self._leaf(_EXEC if entry.mode & 0o100 else _FILE, entry)
+        return None
+
+    def _leaf(self, mode: bytes, entry: Entry) -> None:
+        self.items.append((mode, entry.name, entry.oid))
+        self.files += 1
+        self.distinctive = self.distinctive or _leaf_distinctive(entry.name, entry.oid)
+
+    def attach(self, name: bytes, child: Form) -> None:
+        if self.form is not None:
+            return  # memoised: its own form is known already
+        if self.rule is TreeRule.EXPORT_IGNORE and not child.archived:
+            return  # git archive never writes it, so Nix does not have it
+        self.archived = True
+        self.items.append((_DIR, name, child.oid))
+        self.files += child.files
+        self.distinctive = self.distinctive or child.distinctive
+
+    def finish(self) -> Form:
+        return Form(tree_id(self.items), self.files, self.distinctive, self.archived)
+
+
+class TooLarge(BadArchive):
+    """A store path with more files or bytes than a form is computed for."""
+
+
+def path_form(path: str | bytes, max_files: int = 200_000, max_bytes: int = 1 << 30) -> Form:
+    """The form of the file, symlink or directory at ``path`` (not followed), read from disk."""
+    root = os.fsencode(path)
+    budget = [max_files, max_bytes]
+    st = _lstat(root)
+    if not stat.S_ISDIR(st.st_mode):
+        mode, oid = _leaf(root, st, budget)
+        return Form(oid, 1, _leaf_distinctive(os.path.basename(root), oid))
+    # iterative post-order: store paths can be deeper than Python's recursion limit
+    stack: list[tuple[bytes, list[bytes], list[tuple[bytes, bytes, bytes]], list[int], list[bool]]] = [
+        (root, _names(root), [], [0], [False])]
+    while True:
+        directory, names, items, files, distinctive = stack[-1]
+        if names:
+            name = names.pop()
+            child = directory + b"/" + name
+            st = _lstat(child)
+            if stat.S_ISDIR(st.st_mode):
+                stack.append((child, _names(child), [], [0], [False]))
+                continue
+            mode, oid = _leaf(child, st, budget)
+            items.append((mode, name, oid))
+            files[0] += 1
+            distinctive[0] = distinctive[0] or _leaf_distinctive(name, oid)
+            continue
+        stack.pop()
+        form = Form(tree_id(items), files[0], distinctive[0])
+        if not stack:
+            return form
+        parent = stack[-1]
+        parent[2].append((_DIR, os.path.basename(directory), form.oid))
+        parent[3][0] += form.files
+        parent[4][0] = parent[4][0] or form.distinctive
+
+
+def _lstat(path: bytes) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except OSError as e:
+        raise BadArchive(f"cannot read {os.fsdecode(path)}: {e.strerror}") from None
+
+
+def _names(path: bytes) -> list[bytes]:
+    try:
+        return os.listdir(path)
+    except OSError as e:
+        raise BadArchive(f"cannot list {os.fsdecode(path)}: {e.strerror}") from None
+
+
+def _leaf(path: bytes, st: os.stat_result, budget: list[int]) -> tuple[bytes, bytes]:
+    budget[0] -= 1
+    if stat.S_ISLNK(st.st_mode):
+        return _LINK, blob_id(os.readlink(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise BadArchive(f"{os.fsdecode(path)} is neither a file, a symlink nor a directory")
+    budget[1] -= st.st_size
+    if budget[0] < 0 or budget[1] < 0:
+        raise TooLarge(f"{os.fsdecode(path)}: more files or bytes than a form is computed for")
+    h = hashlib.sha1(b"blob %d\0" % st.st_size, usedforsecurity=False)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError as e:
+        raise BadArchive(f"cannot read {os.fsdecode(path)}: {e.strerror}") from None
+    return (_EXEC if st.st_mode & 0o100 else _FILE), h.digest()
