@@ -117,7 +117,8 @@ let
         --replace-fail '#!/usr/bin/python3 -IS' '#!${pkgs.python3}/bin/python3 -IS' \
         --replace-fail 'DEFAULT_SOCKET = "/run/buildref/hook.sock"' ${assign "DEFAULT_SOCKET" cfg.hookSocket} \
         --replace-fail 'DEFAULT_SPOOL = "/var/lib/buildref/spool"' 'DEFAULT_SPOOL = "${spoolDir}"' \
-        --replace-fail 'CHAINED_HOOK = ""' ${assign "CHAINED_HOOK" program}
+        --replace-fail 'CHAINED_HOOK = ""' ${assign "CHAINED_HOOK" program} \
+        --replace-fail 'SERVICE_USER = ""' 'SERVICE_USER = "buildref"'
       chmod +x $out
     '';
 

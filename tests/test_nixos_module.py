@@ -235,8 +235,9 @@ def test_a_users_hook_is_chained_after_buildrefs(nix: Nix) -> None:
     assert alone["postBuildHook"] == "/etc/nix/upload-to-cache.sh"
     assert "\npost-build-hook = /etc/nix/upload-to-cache.sh\n" in alone["nixConf"]
 
-    # none: nothing chained
-    assert '\nCHAINED_HOOK = ""\n' in build(nix, "hook", ENABLED).read_text()
+    # none: nothing chained; and the spool directory, the service user's, is one the hook accepts
+    plain = build(nix, "hook", ENABLED).read_text()
+    assert '\nCHAINED_HOOK = ""\n' in plain and '\nSERVICE_USER = "buildref"\n' in plain
 
 
 def test_a_packaged_hook_is_chained_by_its_store_path(nix: Nix) -> None:

@@ -27,12 +27,23 @@ class DrvReader:
 
     def drv_path(self, path: str) -> StorePath:
         """Check that ``path`` names a derivation in this store; a relative path to a store file
-        (as a shell glob in the store directory gives) is accepted too."""
-        absolute = path if path.startswith(self._prefix) else os.path.abspath(path)
-        store_path = StorePath.parse(absolute, self.store_dir)
+        (as a shell glob in the store directory gives) is accepted too. As Nix's canonPath does,
+        repeated slashes, ``.`` and a trailing slash are dropped; unlike Nix, a path through ``..``
+        or into a store object is refused rather than taken to mean the store path it reaches."""
+        if not path.startswith(self._prefix) or "/" in path[len(self._prefix):]:
+            path = self._canonical(path)
+        store_path = StorePath.parse(path, self.store_dir)
         if not store_path.is_derivation:
             raise BadStorePath(f"'{path}' is not a derivation (.drv)")
         return store_path
+
+    @staticmethod
+    def _canonical(path: str) -> str:
+        absolute = path if path.startswith("/") else os.getcwd() + "/" + path
+        parts = [part for part in absolute.split("/") if part not in ("", ".")]
+        if ".." in parts:
+            raise BadStorePath(f"path '{path}' goes through '..': give the store path itself")
+        return "/" + "/".join(parts)
 
     def data(self, path: str) -> bytes:
         """The bytes of a .drv file named by a checked store path (see :meth:`drv_path`)."""

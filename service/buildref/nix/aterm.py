@@ -226,6 +226,10 @@ def _outputs(body: bytes) -> tuple[Output, ...]:
                _ascii(h, "output hash"))
         for n, p, a, h in _OUTPUT_ITEM.findall(body)
     )
+    if not outputs:
+        # Nix 2.8's parser takes this, but everything after it refuses it (BasicDerivation::type,
+        # called when the .drv is stored, hashed or built), so no such .drv is ever valid
+        raise BadDerivation("must have at least one output")
     for output in outputs:
         output.check()
     return outputs
@@ -245,7 +249,8 @@ def _split_stepwise(data: bytes) -> Sections:
 
     outputs = _outputs(r.match(_OUTPUTS_LIST, "a list of outputs").group(1))
     r.expect(b",")
-    input_drvs = _node_map(r, "an input derivation path")
+    # only DrvWithVersion may name outputs of outputs: Nix 2.8's Derive parser wants a flat list
+    input_drvs = _node_map(r, "an input derivation path", nested=version is not None)
     r.expect(b",")
     input_srcs = _strings(r.match(_STR_LIST, "a list of input sources").group(1), _input_source)
     r.expect(b",")
@@ -274,9 +279,9 @@ def _strings(body: bytes, convert: Callable[[bytes], _T]) -> tuple[_T, ...]:
     return tuple(convert(s) for s in _STRING.findall(body))
 
 
-def _node_map(r: _Reader, key: str) -> tuple[tuple[str, InputNode], ...]:
-    """``[("<key>",<node>),...]``: input derivations (the general form, with the nested output maps
-    of ``DrvWithVersion``), or the outputs of a dynamic derivation."""
+def _node_map(r: _Reader, key: str, nested: bool) -> tuple[tuple[str, InputNode], ...]:
+    """``[("<key>",<node>),...]``: input derivations (with ``nested``, the general form with the
+    output maps of ``DrvWithVersion``), or the outputs of a dynamic derivation."""
     r.expect(b"[")
     items: list[tuple[str, InputNode]] = []
     while not r.peek(b"]"):
@@ -285,19 +290,19 @@ def _node_map(r: _Reader, key: str) -> tuple[tuple[str, InputNode], ...]:
         r.expect(b"(")
         name = _ascii(r.match(_STRING, key).group(1), key)
         r.expect(b",")
-        items.append((name, _input_node(r)))
+        items.append((name, _input_node(r, nested)))
         r.expect(b")")
     r.expect(b"]")
     return tuple(items)
 
 
-def _input_node(r: _Reader) -> InputNode:
-    if not r.peek(b"("):
+def _input_node(r: _Reader, nested: bool) -> InputNode:
+    if not nested or not r.peek(b"("):
         return InputNode(_strings(r.match(_STR_LIST, "a list of output names").group(1), _output_name))
     r.expect(b"(")
     outs = r.match(_STR_LIST, "a list of output names").group(1)
     r.expect(b",")
-    children = _node_map(r, "an output name")
+    children = _node_map(r, "an output name", nested)
     r.expect(b")")
     return InputNode(_strings(outs, _output_name), children)
 

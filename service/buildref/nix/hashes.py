@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import re
 from dataclasses import dataclass
@@ -101,44 +100,65 @@ class Hash:
 
     @classmethod
     def parse(cls, text: str, algo: HashAlgo | None = None) -> Hash:
-        """Read any form Nix accepts: ``sha256-<b64>``, ``sha256:<any>`` or a bare hex/nix32/base64
-        digest when ``algo`` is given."""
-        if "-" in text and text.split("-", 1)[0] in _ALGO_NAMES:
-            name, rest = text.split("-", 1)
-            found = HashAlgo.parse(name)
-            if algo is not None and found is not algo:
-                raise BadHash(f"hash '{text}' should use {algo.value}, not {found.value}")
+        """Read any form Nix 2.8's ``Hash::parseAny`` accepts: ``sha256:<any>``, ``sha256-<b64>``
+        (SRI) or a bare hex/nix32/base64 digest when ``algo`` is given."""
+        # As Nix: a ':' anywhere makes the text before it the algorithm, else a '-' does.
+        name, sep, rest = text.partition(":")
+        sri = not sep
+        if sri:
+            name, sep, rest = text.partition("-")
+        if not sep:
+            if algo is None:
+                raise BadHash(f"hash '{text}' does not say which algorithm it uses")
+            return cls(algo, _decode_digest(text, algo, text))
+        found = HashAlgo.parse(name)
+        if algo is not None and found is not algo:
+            raise BadHash(f"hash '{text}' should use {algo.value}, not {found.value}")
+        if sri:
             return cls(found, _decode_base64(rest, found, text))
-        if ":" in text:
-            name, rest = text.split(":", 1)
-            found = HashAlgo.parse(name)
-            if algo is not None and found is not algo:
-                raise BadHash(f"hash '{text}' should use {algo.value}, not {found.value}")
-            return cls(found, _decode_digest(rest, found, text))
-        if algo is None:
-            raise BadHash(f"hash '{text}' does not say which algorithm it uses")
-        return cls(algo, _decode_digest(text, algo, text))
-
-
-_ALGO_NAMES = {a.value for a in HashAlgo}
+        return cls(found, _decode_digest(rest, found, text))
 
 
 def _decode_digest(text: str, algo: HashAlgo, whole: str) -> bytes:
+    """A digest whose form its length tells, as Nix does outside SRI: base64 must then have its
+    padded length (padding, newlines or anything after the first '=' included)."""
     size = algo.size
-    if len(text) == size * 2 and _HEX.fullmatch(text):
+    length = _byte_length(text, whole)
+    if length == size * 2 and _HEX.fullmatch(text):
         return bytes.fromhex(text)
-    if len(text) == nix32_len(size):
+    if length == nix32_len(size):
         return nix32_decode(text, size)
-    if len(text) == (size + 2) // 3 * 4:
+    if length == (size + 2) // 3 * 4:
         return _decode_base64(text, algo, whole)
     raise BadHash(f"hash '{whole}' has the wrong length for {algo.value}")
 
 
-def _decode_base64(text: str, algo: HashAlgo, whole: str) -> bytes:
+def _byte_length(text: str, whole: str) -> int:
+    """Nix measures the bytes it was given (which Python hands over as text, undecodable bytes
+    as surrogates): after a '=' anything goes, so non-ASCII text must count as Nix counts it."""
+    if text.isascii():
+        return len(text)
     try:
-        digest = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadHash(f"invalid base64 in hash '{whole}'") from None
-    if len(digest) != algo.size:
+        return len(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        raise BadHash(f"hash '{whole}' is not text Nix could have been given") from None
+
+
+BASE64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_BASE64_VALUE = {c: i for i, c in enumerate(BASE64_ALPHABET)}
+
+
+def _decode_base64(text: str, algo: HashAlgo, whole: str) -> bytes:
+    """Nix 2.8's ``base64Decode``: stops at the first '=', so padding may be missing, longer or
+    followed by anything; skips newlines; ignores the bits left over after the last whole byte."""
+    digits = text.split("=", 1)[0].replace("\n", "")
+    value = 0
+    for ch in digits:
+        digit = _BASE64_VALUE.get(ch)
+        if digit is None:
+            raise BadHash(f"invalid character {ch!r} in the base64 of hash '{whole}'")
+        value = (value << 6) | digit
+    bits = 6 * len(digits)
+    if bits // 8 != algo.size:
         raise BadHash(f"hash '{whole}' has the wrong length for {algo.value}")
-    return digest
+    return (value >> (bits % 8)).to_bytes(algo.size, "big")
