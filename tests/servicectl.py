@@ -123,7 +123,7 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout
         while True:
             status = self.call("status")
-            if status["queueDepth"] == 0 and status["spoolFiles"] == 0:
+            if status["queueDepth"] == 0 and status["spoolFiles"] == 0 and status["contentsPending"] == 0:
                 return status
             if time.monotonic() > deadline:
                 raise AssertionError(f"service still busy: {status}")

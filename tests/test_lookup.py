@@ -120,7 +120,7 @@ def test_lookup_errors(service: ServiceProcess, tmp_path: Path) -> None:
     # a repository nobody recorded (the configured one is recorded by the watcher at start)
     assert_error_line(run(service, "lookup", str(tmp_path), "v1"), "has not been recorded")
     assert cli_json(service, "record", "app")["repository"] == "app"
-    assert_error_line(run(service, "lookup", "app", "nope"), "no recorded ref or revision 'nope'")
+    assert_error_line(run(service, "lookup", "app", "nope"), "no revision 'nope' in repository 'app'")
     unknown = "/nix/store/" + "a" * 32 + "-x"
     assert_error_line(run(service, "why", unknown), "not an output of a recorded build")
     assert_error_line(run(service, "why", "not-a-hash"), "neither a store path")

@@ -85,14 +85,23 @@ def test_record_keeps_ref_history_and_sources(nix: Nix, repo: Path, service: Ser
         by_key = {(s["subdir"] or "", rule): (s["narHash"], s["storePath"])
                   for s in looked_up["sources"] for rule in s["rules"]}
         assert by_key[("", "export-ignore")] == (want["narHash"], want["path"])
-        # every directory, under both rules, as Nix copies ./dir (proven against Nix in test_git_source)
+        # every directory, under both rules, as Nix copies ./dir (proven against Nix in
+        # test_git_source): its NAR hash names this revision and directory
         gitrepo = GitRepository(str(repo))
-        for subdir in ("sub", "sub/deep"):
+        for subdir in ("sub", "sub/deep", "docs"):
             for rule in TreeRule:
                 info = gitrepo.source(rev, subdir, rule)
-                assert by_key[(subdir, rule.value)] == (info.nar_hash.sri, info.store_path)
-        # docs/ holds only export-ignore'd files: Nix keeps it, empty, with export-ignore; raw keeps the file
-        assert by_key[("docs", "export-ignore")] != by_key[("docs", "raw")]
+                why = cli_json(service, "why", info.nar_hash.sri)
+                assert isinstance(why, dict)
+                named = {(s["rev"], s["subdir"]) for s in why["sources"] if rule.value in s["rules"]}
+                if (subdir, rule) == ("docs", TreeRule.EXPORT_IGNORE):
+                    # docs/ holds only export-ignore'd files: git archive leaves it empty, and an
+                    # empty directory names no revision
+                    assert why["sources"] == [], why
+                else:
+                    assert (rev, subdir) in named, (subdir, rule, why)
+        docs = {rule: gitrepo.source(rev, "docs", rule).nar_hash for rule in TreeRule}
+        assert docs[TreeRule.EXPORT_IGNORE] != docs[TreeRule.RAW]
         assert by_key[("", "export-ignore")] != by_key[("", "raw")]
 
     # a new commit on main: main and HEAD move, the tags do not; history keeps both

@@ -20,14 +20,16 @@ from buildref.errors import BadConfig
 from buildref.models import EventState, RefChange
 from buildref.store.api import (
     BuildRecord,
+    ContentRecord,
+    ContentState,
     DerivationRecord,
     LockRecord,
     NewEvent,
     Realised,
     RepositoryRecord,
     RevisionRecord,
-    SourceRecord,
     Store,
+    TreeRecord,
 )
 from buildref.store.sqlite import SqliteStore
 from buildref.store.sqlite.schema import MIGRATIONS
@@ -142,8 +144,9 @@ async def test_builds_closure_and_matching(backend: SqliteBackend) -> None:
             producer = await r.builds.producer(dev)
             assert producer is not None and (producer.drv_path, producer.output, producer.built_at) == (
                 top.path, "dev", 200.0)
-            paths, hashes = await r.builds.closure_inputs(producer.drv_id)
-            assert (paths, hashes) == ([src], ["sha256-AAAA"])
+            closure = await r.builds.closure(producer.drv_id)
+            assert [(c.path, c.distance, c.fixed_hash) for c in closure] == [
+                (fixed.outputs["out"], 2, "sha256-AAAA"), (src, 2, None)]
             users = await r.builds.derivations_using([src], ["sha256-AAAA"], 64)
             newest = {b.build.drv_path: users[b.drv_id] for b in await r.builds.newest_builds(list(users))}
             assert newest == {app.path: 1, top.path: 2}  # lib and fetched were never built themselves
@@ -174,46 +177,95 @@ async def test_builds_are_recorded_in_batches(backend: SqliteBackend) -> None:
 
 
 @run
-async def test_refs_sources_and_locks(backend: SqliteBackend) -> None:
-    repo = RepositoryRecord("app", "/srv/app", None)
-    src = SourceRecord("", "export-ignore", "sha256-ROOT", f"{S}{'r' * 32}-source")
-    sub = SourceRecord("sub", "raw", "sha256-SUB", f"{S}{'u' * 32}-sub")
+async def test_refs_revisions_trees_and_locks(backend: SqliteBackend) -> None:
+    repo = RepositoryRecord("app", "/srv/app", None, "config")
+    root_ei, root_raw, sub = b"\x01" * 20, b"\x02" * 20, b"\x03" * 20
+    trees = [TreeRecord(root_ei, root_raw, "sha256-ROOT", 100, 3, True),
+             TreeRecord(sub, None, "sha256-SUB", 40, 2, True)]
     v1, v2 = "1" * 40, "2" * 40
     async with backend.open() as store:
         moves = [RefChange("refs/heads/main", v1), RefChange("refs/tags/v1", v1)]
-        await store.sources.record_revisions(repo, [RevisionRecord(v1, 10, (src, sub))], moves)
+        await store.sources.record_revisions(repo, [RevisionRecord(v1, 10, root_ei, root_raw)],
+                                             {root_ei, root_raw, sub}, trees, moves)
         async with store.reading() as r:
-            repo_id = await r.sources.repository_id("app")
-            assert repo_id is not None and await r.sources.repository_id("other") is None
-            assert await r.sources.current_refs(repo_id) == {"refs/heads/main": v1, "refs/tags/v1": v1}
-            middle = (await r.sources.ref_history(repo_id))[0].seen_at
+            info = await r.sources.repository("app")
+            assert info is not None and (info.path, info.recorded_by) == ("/srv/app", "config")
+            assert await r.sources.repository("other") is None
+            assert await r.sources.current_refs(info.id) == {"refs/heads/main": v1, "refs/tags/v1": v1}
+            middle = (await r.sources.ref_history(info.id))[0].seen_at
         await asyncio.sleep(0.01)  # the next moves must be seen at a later time than `middle`
         moves = [RefChange("refs/heads/main", v2), RefChange("refs/tags/v1", None)]
-        await store.sources.record_revisions(repo, [RevisionRecord(v2, 20, ())], moves)
+        # a tree recorded again (another revision, another repository) is kept once
+        v2_record = RevisionRecord(v2, 20, sub, sub)
+        await store.sources.record_revisions(repo, [v2_record], {sub}, trees[1:], moves)
+        await store.sources.record_revisions(RepositoryRecord("/home/u/copy", "/home/u/copy", None, "1000"),
+                                             [RevisionRecord(v2, 20, sub, sub)], {sub}, trees[1:], [])
         await store.sources.replace_lock("/srv/flake.lock", [
-            LockRecord("dep", "git", "file:///dep", None, v1, "sha256-SUB", sub.store_path)])
+            LockRecord("dep", "git", "file:///dep", None, v1, "sha256-SUB", "/nix/store/x-source")])
         await store.sources.replace_lock("/srv/flake.lock", [
-            LockRecord("dep", "github", "o/r", "main", v2, "sha256-ROOT", src.store_path)])
+            LockRecord("dep", "github", "o/r", "main", v2, "sha256-ROOT", "/nix/store/y-source")])
         async with store.reading() as r:
-            assert await r.sources.current_refs(repo_id) == {"refs/heads/main": v2, "refs/tags/v1": None}
-            assert await r.sources.ref_target(repo_id, ["refs/heads/main"], middle) == ("refs/heads/main", v1)
-            assert await r.sources.ref_target(repo_id, ["refs/tags/v1", "refs/heads/main"], 1e12) == (
+            assert await r.sources.current_refs(info.id) == {"refs/heads/main": v2, "refs/tags/v1": None}
+            assert await r.sources.ref_target(info.id, ["refs/heads/main"], middle) == ("refs/heads/main", v1)
+            assert await r.sources.ref_target(info.id, ["refs/tags/v1", "refs/heads/main"], 1e12) == (
                 "refs/heads/main", v2)
-            assert await r.sources.revs_with_prefix(repo_id, "1111") == [v1]
-            assert await r.sources.revisions_with_sources(repo_id, [v1, v2]) == {v1}
-            assert await r.sources.revision_sources(repo_id, v1) == [src, sub]
-            found = await r.sources.recorded_sources([sub.store_path], ["sha256-ROOT"])
-            assert sorted((f.store_path, f.rev, f.subdir, f.rule) for f in found) == sorted([
-                (src.store_path, v1, "", "export-ignore"), (sub.store_path, v1, "sub", "raw")])
-            rev_id = found[0].rev_id
-            assert await r.sources.refs_at(rev_id, middle) == ["refs/heads/main", "refs/tags/v1"]
-            assert await r.sources.refs_at(rev_id, None) == []
-            history = await r.sources.ref_history(repo_id)
+            assert await r.sources.revs_with_prefix(info.id, "1111") == [v1]
+            revisions = await r.sources.revisions(info.id, [v1, v2, "3" * 40])
+            assert {rev: (x.root_export_ignore, x.root_raw) for rev, x in revisions.items()} == {
+                v1: (root_ei, root_raw), v2: (sub, sub)}
+            with_root = await r.sources.revisions_with_roots([root_raw])
+            assert {(x.repo_id, x.rev) for x in with_root} == {(info.id, v1)}
+            assert len(await r.sources.revisions_with_roots([sub])) == 2  # both repositories
+            assert await r.sources.trees([root_ei, sub, b"\x09" * 20]) == {root_ei: trees[0], sub: trees[1]}
+            assert await r.sources.trees_with_hash("sha256-SUB") == [trees[1]]
+            assert sorted(await r.sources.repository_forms(info.id)) == sorted([root_ei, root_raw, sub])
+            assert await r.sources.refs_at(info.id, v1, middle) == ["refs/heads/main", "refs/tags/v1"]
+            assert await r.sources.refs_at(info.id, v1, None) == []
+            assert await r.sources.refs_at(info.id, v2, None) == ["refs/heads/main"]
+            history = await r.sources.ref_history(info.id)
             assert [(m.ref, m.rev) for m in history] == [
                 ("refs/heads/main", v1), ("refs/heads/main", v2),
                 ("refs/tags/v1", v1), ("refs/tags/v1", None)]
-            pins = await r.sources.locked_inputs([src.store_path, sub.store_path], [])
+            assert [x.recorded_by for x in await r.sources.repositories()] == ["config", "1000"]
+            pins = await r.sources.locked_inputs(["/nix/store/x-source", "/nix/store/y-source"], [])
             assert [(p.input, p.type, p.rev, p.ref) for p in pins] == [("dep", "github", v2, "main")]
+
+
+@run
+async def test_contents_are_learnt_and_joined(backend: SqliteBackend) -> None:
+    """Sources a build used are queued to be learnt (once, and again when a path gone comes back);
+    what is learnt joins them to derivations by form or NAR hash."""
+    src, big, out = f"{S}{'s' * 32}-source", f"{S}{'g' * 32}-big", f"{S}{'f' * 32}-fetched"
+    form = b"\x05" * 20
+    user = drv("user", srcs=(src, big))
+    fetched = drv("fetched", fixed=("recursive", "sha256-FETCH"), outputs=(("out", out),))
+    async with backend.open() as store:
+        event = await add_event(store, user.path, 1.0)
+        build = BuildRecord(event, user.path, 1.0, (), (user, fetched), (), (src, big, out))
+        await store.builds.record([build])
+        assert sorted(await store.builds.pending_contents(10)) == sorted([src, big, out])
+        await store.builds.record_contents([
+            ContentRecord(src, ContentState.DONE, "sha256-SRC", 10, form, 2, True),
+            ContentRecord(big, ContentState.LARGE, "sha256-BIG", 10 << 30),
+            ContentRecord(out, ContentState.GONE)])
+        assert await store.builds.pending_contents(10) == []
+        async with store.reading() as r:
+            assert (await r.builds.content_backlog()) == 0
+            assert [c.path for c in await r.builds.contents_with_forms([form])] == [src]
+            assert [c.path for c in await r.builds.contents_with_hashes(["sha256-BIG"])] == [big]
+            known = await r.builds.contents([src, out, f"{S}none"])
+            assert (known[src].form, known[out].state) == (form, ContentState.GONE)
+            used = await r.builds.derivations_using([src], [], 0)
+            assert len(used) == 1
+            by_fixed = await r.builds.derivations_using([], ["sha256-FETCH"], 0)
+            by_output = await r.builds.derivations_using([out], [], 0)
+            assert by_fixed == by_output and len(by_fixed) == 1
+            closure = await r.builds.closure(next(iter(used)))
+            assert [(c.path, c.distance, c.fixed_hash) for c in closure] == [(big, 0, None), (src, 0, None)]
+        # the fixed output is built now: its path, gone when it was looked at, is learnt again
+        event = await add_event(store, fetched.path, 2.0)
+        await store.builds.record([BuildRecord(event, fetched.path, 2.0, (("out", out),), (), (), (out,))])
+        assert await store.builds.pending_contents(10) == [out]
 
 
 @run
@@ -268,13 +320,15 @@ async def test_round_one_database_is_upgraded_keeping_everything(tmp_path: Path)
             assert oldest_first == expected["events"]
             builds = await r.builds.recent(0.0, 100)
             assert [b.to_json() for b in builds] == expected["builds"]
-            repo_id = await r.sources.repository_id("app")
-            assert repo_id is not None
-            history = await r.sources.ref_history(repo_id)
+            info = await r.sources.repository("app")
+            assert info is not None and info.recorded_by == "config"
+            history = await r.sources.ref_history(info.id)
             assert [m.to_json() for m in history] == expected["refs"]
-            v1 = expected["lookup_v1"]
-            sources = await r.sources.revision_sources(repo_id, v1["rev"])
-            assert {s.store_path for s in sources} == {s["storePath"] for s in v1["sources"]}
+            # revisions stay; their forms, derived from git, are computed when the repository is
+            # recorded again; every source of the indexed derivations is queued to be learnt
+            v1 = expected["lookup_v1"]["rev"]
+            assert (await r.sources.revisions(info.id, [v1]))[v1].root_raw is None
+            assert await r.builds.content_backlog() > 0
     finally:
         await store.close()
     with sqlite3.connect(path) as conn:

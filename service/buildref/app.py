@@ -27,6 +27,7 @@ from buildref.api.operations import Caller, Services, UnknownMethod, call
 from buildref.api.sockets import MAX_LINE, LineServer, Peer, inherited_sockets, listen_unix, notify
 from buildref.config import Config
 from buildref.errors import BadConfig, BuildrefError
+from buildref.ingest.contents import ContentLearner
 from buildref.ingest.inbox import Inbox
 from buildref.ingest.indexer import Indexer
 from buildref.ingest.spool import Spool
@@ -99,8 +100,11 @@ async def serve(config: Config) -> None:
 
         repositories = Repositories(config.repositories, os.path.join(config.state_dir, "mirrors"))
         locks = LockRecorder(store, config.flake_locks, config.store_dir)
-        recorder = RefRecorder(store, repositories, GitWork(config.store_dir), locks)
-        indexer = Indexer(store, Nix(config.nix_bin_dir), config.store_dir)
+        git = GitWork(config.store_dir)
+        recorder = RefRecorder(store, repositories, git, locks)
+        nix = Nix(config.nix_bin_dir)
+        learner = ContentLearner(store, nix)
+        indexer = Indexer(store, nix, config.store_dir, learner.wake)
         inbox = Inbox(store.events, lambda _: indexer.wake())
         hook_lines = HookLines(inbox, config.store_dir)
         spool = Spool(config.spool_dir, hook_lines.spooled)
@@ -114,8 +118,8 @@ async def serve(config: Config) -> None:
         async def current_status() -> Status:
             return await status(store, activity(), config.spool_dir)
 
-        services = Services(QueryContext(store, repositories, recorder, config.store_dir), recorder,
-                            current_status)
+        queries = QueryContext(store, repositories, git, config.store_dir)
+        services = Services(queries, recorder, current_status)
 
         def on_query_error(what: str, e: BaseException) -> None:
             if isinstance(e, BuildrefError):
@@ -147,7 +151,8 @@ async def serve(config: Config) -> None:
             spool.watch(observer, loop)
             watcher.watch(observer, loop)
             observer.start()
-            background = [tasks.create_task(spool.run()), tasks.create_task(watcher.run())]
+            background = [tasks.create_task(spool.run()), tasks.create_task(watcher.run()),
+                          tasks.create_task(learner.run())]
             await hook_server.start(hook_sock)
             await query_server.start(query_sock)
             notify(f"READY=1\nSTATUS=serving on {config.hook.path} and {config.query.path}")

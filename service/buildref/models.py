@@ -110,8 +110,13 @@ def _load(hint: Any, value: Any, key: str, text: bool) -> Any:
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _load(inner, value, key, text)
+        inner = [a for a in args if a is not type(None)]
+        for candidate in inner[:-1]:  # the first type the value fits, in the order written
+            try:
+                return _load(candidate, value, key, text)
+            except BadRequest:
+                continue
+        return _load(inner[-1], value, key, text)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise BadRequest(f"'{key}' must be a list")
@@ -305,19 +310,47 @@ class MatchedBuild(Build):
     valid: bool
 
 
+class Match(Enum):
+    """How a store path's content relates to a revision's tree (or a directory of it)."""
+
+    EXACT = "exact"  # the same tree
+    FILTERED = "filtered"  # a subset: every file is the same blob at the same path of the revision
+    SUPERSET = "superset"  # the revision's tree and more files
+
+
+@dataclass(frozen=True, slots=True)
+class FileCounts(Wire):
+    agreeing: int  # files of the source, each the same blob at the same path of the revision
+    total: int  # files of the revision's tree (or directory) it is compared with
+
+
+@dataclass(frozen=True, slots=True)
+class Extra(Wire):
+    count: int  # files of the source that the revision does not have
+    git: bool  # a .git directory among them (a checkout copied whole)
+
+
+RecordedBy = str | int | None  # "config", the uid that had the repository recorded, or None: unknown
+
+
 @dataclass(frozen=True, slots=True)
 class Source(Wire):
-    """A source store path a build can take from a revision (its root, or a directory)."""
+    """A source store path a build can take (or took) from a revision: its root, or a directory."""
 
     store_path: str
     nar_hash: str
     subdir: str | None
     rules: tuple[str, ...]
+    match: Match = Match.EXACT
+    files: FileCounts | None = None
+    extra: Extra | None = None
+    recorded_by: RecordedBy = "config"
 
 
 @dataclass(frozen=True, slots=True)
 class SourceMatch(Wire):
-    """A recorded revision whose tree (or a directory of it) a build used."""
+    """A revision whose tree (or a directory of it) a build used; ``distance``: steps from the
+    derivation asked about to the one that used it."""
 
     store_path: str
     nar_hash: str
@@ -328,6 +361,11 @@ class SourceMatch(Wire):
     refs: tuple[str, ...]
     refs_at_build: tuple[str, ...]
     refs_now: tuple[str, ...]
+    match: Match = Match.EXACT
+    files: FileCounts | None = None
+    extra: Extra | None = None
+    recorded_by: RecordedBy = "config"
+    distance: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +487,7 @@ class Status(Wire):
     spool_files: int
     last_event: Event | None
     database: DatabaseInfo
+    contents_pending: int = 0  # store paths whose content is still to learn before they can match
 
 
 @dataclass(frozen=True, slots=True)

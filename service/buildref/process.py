@@ -1,5 +1,6 @@
 """The one place buildref runs a subprocess: Nix, for what only Nix knows (the path a floating
-content-addressed output got), and git, to mirror repositories given by URL.
+content-addressed output got, the NAR hash the store records for a path), and git, to mirror
+repositories given by URL.
 
 Each command is a small function that builds an argv, runs it through :func:`run` and parses what
 it printed; a failure is reported as the exact command line and its status.
@@ -15,6 +16,7 @@ import shlex
 from buildref.errors import CommandFailed
 
 _TIMEOUT = 30.0
+_PATH_INFO_BATCH = 200  # paths per `nix path-info` (argv stays small)
 
 
 async def run(argv: list[str], timeout: float = _TIMEOUT, env: dict[str, str] | None = None) -> bytes:
@@ -40,13 +42,13 @@ class Nix:
     def __init__(self, bin_dir: str = "") -> None:
         self._bin_dir = bin_dir
 
-    def _tool(self, name: str) -> str:
+    def tool(self, name: str) -> str:
         return os.path.join(self._bin_dir, name) if self._bin_dir else name
 
     async def realisations(self, drv_path: str, store_dir: str) -> dict[str, tuple[str, str]]:
         """Output name → (realisation id, output path) for the built outputs of a content-addressed
         or deferred derivation, from the store's own realisation records."""
-        out = await run([self._tool("nix"), "--extra-experimental-features", "nix-command ca-derivations",
+        out = await run([self.tool("nix"), "--extra-experimental-features", "nix-command ca-derivations",
                          "realisation", "info", "--json", drv_path])
         try:
             items = json.loads(out)
@@ -61,6 +63,21 @@ class Nix:
             raise CommandFailed(f"nix realisation info {drv_path}: unexpected output ({e})") from None
         return found
 
+    async def path_info(self, paths: list[str]) -> dict[str, tuple[str, int] | None]:
+        """The NAR hash (SRI) and NAR size the store records for each path; None: not valid."""
+        found: dict[str, tuple[str, int] | None] = {}
+        for i in range(0, len(paths), _PATH_INFO_BATCH):
+            batch = paths[i:i + _PATH_INFO_BATCH]
+            out = await run([self.tool("nix"), "--extra-experimental-features", "nix-command", "path-info",
+                             "--json", *batch])
+            try:
+                for item in json.loads(out):
+                    valid = item.get("valid", True) and "narHash" in item
+                    found[item["path"]] = (item["narHash"], int(item["narSize"])) if valid else None
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise CommandFailed(f"nix path-info: unexpected output ({e})") from None
+        return found
+
 
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
 
@@ -73,3 +90,4 @@ async def mirror(url: str, path: str, timeout: float = 600.0) -> None:
     else:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         await run(["git", "clone", "--mirror", "--quiet", "--", url, path], timeout, env)
+

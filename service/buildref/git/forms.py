@@ -66,6 +66,7 @@ class DirForm:
     subdir: str
     rule: TreeRule
     form: Form
+    tree: bytes  # the git tree it is formed from
 
 
 def blob_id(data: bytes) -> bytes:
@@ -110,6 +111,26 @@ class TreeForms:
             pass
         return listed
 
+    def at(self, tree: bytes, subdir: str, rule: TreeRule) -> Form | None:
+        """The form of the directory ``subdir`` ("" for the root) of ``tree`` as Nix copies it out of
+        the fetched tree, or None when Nix does not have it (missing, not a directory, left out by
+        export-ignore)."""
+        inherited: tuple[Rule, ...] = ()
+        path = b""
+        for part in [p for p in subdir.split("/") if p]:
+            entries = self.entries(tree)
+            if rule is TreeRule.EXPORT_IGNORE:
+                inherited = inherited + tuple(self.rules_of(entries, path))
+            name = os.fsencode(part)
+            entry = next((e for e in entries if e.name == name), None)
+            if entry is None or not entry.is_tree:
+                return None
+            if rule is TreeRule.EXPORT_IGNORE and export_ignored(inherited, path + name, True):
+                return None
+            tree, path = entry.oid, path + name + b"/"
+        form = self.form(tree, rule, inherited, path)
+        return form if rule is TreeRule.RAW or form.archived else None
+
     def _key(self, tree: bytes, rule: TreeRule, inherited: tuple[Rule, ...], path: bytes) -> _Key:
         return self._trees.key(tree, rule, inherited, path)
 
@@ -132,7 +153,7 @@ class TreeForms:
                 result = self._memo[frame.key] = frame.finish()
             if listing is not None and (rule is TreeRule.RAW or result.archived):
                 subdir = frame.path.decode(errors="surrogateescape").rstrip("/")
-                listing.append(DirForm(subdir, rule, result))
+                listing.append(DirForm(subdir, rule, result, frame.key[0]))
             if stack:
                 stack[-1].attach(frame.name, result)
             yield result

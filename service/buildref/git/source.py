@@ -3,13 +3,16 @@ lastModified and revCount, as ``builtins.fetchGit`` reports them."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from buildref.errors import BuildrefError, GitError, UnknownRevision
+from buildref.errors import GitError, UnknownRevision
 from buildref.git.attributes import Rule, export_ignored
+from buildref.git.forms import TreeForms
 from buildref.git.tree_nar import Fragment, TreeNarCache, TreeRule
 from buildref.nix.hashes import Hash
+from buildref.nix.nar import NarDigest
 from buildref.nix.storepath import DEFAULT_STORE_DIR, check_name, source_path
 
 
@@ -23,14 +26,6 @@ class SourceInfo:
     rev_count: int
     rule: TreeRule
     subdir: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class TreeSource:
-    subdir: str  # "" for the root
-    rule: TreeRule
-    nar_hash: Hash
-    store_path: str
 
 
 def _split_subdir(subdir: str) -> list[str]:
@@ -78,6 +73,7 @@ class GitRepository:
         self.path = path
         self.store_dir = store_dir
         self.trees = TreeNarCache(self.repo)
+        self.forms = TreeForms(self.trees)
 
     def resolve(self, rev: str) -> Any:
         """The commit a revision (hash, branch, tag, ``HEAD``, ``main~2``...) names."""
@@ -114,40 +110,11 @@ class GitRepository:
             subdir="/".join(parts) if subdir is not None else None,
         )
 
-    def tree_sources(self, commit: Any) -> list[TreeSource]:
-        """The source store paths a build can take from ``commit``: the root (``source``) and every
-        directory (named after it, as ``./dir`` of a flake is copied), under each rule; a variant
-        is listed once per rule even when both rules give the same path. Directories Nix cannot
-        copy (export-ignore'd, names that are not store path names) are left out."""
-        root = commit.tree_id.raw
-        directories: list[list[str]] = []
-        pending: list[tuple[bytes, list[str]]] = [(root, [])]
-        while pending:
-            tree, parts = pending.pop()
-            for entry in self.trees.entries(tree):
-                if entry.is_tree:
-                    try:
-                        name = entry.name.decode()
-                    except UnicodeDecodeError:
-                        continue
-                    directories.append([*parts, name])
-                    pending.append((entry.oid, [*parts, name]))
-        found = []
-        for rule in TreeRule:
-            info = self.trees.nar_digest(self.trees.fragment(root, rule))
-            found.append(TreeSource("", rule, info.nar_hash, source_path(info.nar_hash, "source",
-                                                                          store_dir=self.store_dir)))
-            for parts in sorted(directories):
-                subdir = "/".join(parts)
-                try:
-                    name = check_name(parts[-1])
-                    fragment = self._subdir_fragment(root, parts, rule, subdir)
-                except BuildrefError:
-                    continue
-                info = self.trees.nar_digest(fragment)
-                found.append(TreeSource(subdir, rule, info.nar_hash,
-                                        source_path(info.nar_hash, name, store_dir=self.store_dir)))
-        return found
+    def digest(self, tree: bytes, subdir: str, rule: TreeRule) -> NarDigest:
+        """NAR hash and size of the directory ``subdir`` ("" for the root) of ``tree`` under ``rule``."""
+        if not subdir:
+            return self.trees.nar_digest(self.trees.fragment(tree, rule))
+        return self.trees.nar_digest(self._subdir_fragment(tree, subdir.split("/"), rule, subdir))
 
     def _subdir_fragment(self, root: bytes, parts: list[str], rule: TreeRule, subdir: str) -> Fragment:
         tree = root
@@ -157,7 +124,7 @@ class GitRepository:
             entries = self.trees.entries(tree)
             if rule is TreeRule.EXPORT_IGNORE:
                 rules = rules + tuple(self.trees.rules_of(entries, path))
-            name = part.encode()
+            name = os.fsencode(part)
             entry = next((e for e in entries if e.name == name), None)
             if entry is None:
                 raise GitError(f"'{subdir}' does not exist in this revision")

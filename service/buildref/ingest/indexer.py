@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -29,8 +30,9 @@ RETRY_DELAY = 1.0
 
 
 class Indexer:
-    def __init__(self, store: Store, nix: Nix, store_dir: str) -> None:
+    def __init__(self, store: Store, nix: Nix, store_dir: str, on_contents: Callable[[], None]) -> None:
         self._store = store
+        self._on_contents = on_contents  # new store paths to learn the content of
         self._nix = nix
         self._store_dir = store_dir
         self._wake = asyncio.Event()
@@ -95,8 +97,11 @@ class Indexer:
                 realised.append(Realised(top, name, path))
             if os.path.lexists(path):
                 built.append((name, path))
-        build = BuildRecord(event.id, top, event.t, tuple(built), tuple(prepared.new), tuple(realised))
+        build = BuildRecord(event.id, top, event.t, tuple(built), tuple(prepared.new), tuple(realised),
+                            prepared.contents)
         await self._store.builds.record([build])
+        if prepared.contents:
+            self._on_contents()
         return len(prepared.new), build
 
     async def _known_modulo(self, paths: list[str]) -> dict[str, str]:

@@ -4,6 +4,7 @@ derivation's output paths. No database and no sockets: only .drv files, through 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from buildref.errors import BadDerivation
@@ -21,6 +22,7 @@ class PreparedBuild:
     new: list[DerivationRecord]
     drv: Derivation
     outputs: dict[str, str | None]  # declared or computed; None until built (floating, deferred)
+    contents: tuple[str, ...]  # input sources and fixed outputs whose content the index is to learn
     # hashDerivationModulo with outputs masked: the key of Nix's realisations of floating and
     # deferred outputs (None when every output path is known from the drv itself)
     realisation_key: DrvHash | None
@@ -35,6 +37,18 @@ def _fixed(outputs: tuple[Output, ...]) -> tuple[str | None, str | None]:
     return ("recursive" if out.hash_algo.startswith("r:") else "flat"), out.fixed_hash.sri
 
 
+_REV = re.compile(rb"(?<![0-9a-f])[0-9a-f]{40}(?![0-9a-f])")
+_HINT_KEYS = (b"rev", b"url", b"urls")  # fetchgit's rev; fetchFromGitHub's .../archive/<rev>.tar.gz
+
+
+def rev_hint(env: tuple[tuple[bytes, bytes], ...]) -> str | None:
+    """The git revision a fixed-output derivation says it fetches, when it names one."""
+    for key, value in env:
+        if key in _HINT_KEYS and (m := _REV.search(value)):
+            return m.group().decode()
+    return None
+
+
 def prepare_build(reader: DrvReader, top: str, new: list[str], known: dict[str, str]) -> PreparedBuild:
     """Records for the ``new`` derivations of ``top``'s closure (``known``: modulo hashes of the
     indexed ones at its edge) and ``top``'s verified outputs."""
@@ -42,6 +56,7 @@ def prepare_build(reader: DrvReader, top: str, new: list[str], known: dict[str, 
     for path, modulo in known.items():
         hasher.remember(path, DrvHash.decode(modulo))
     records = []
+    contents: list[str] = []
     store_dir = reader.store_dir
     for path in new:
         # only the parts hashing and the index need: the environment stays undecoded
@@ -52,6 +67,9 @@ def prepare_build(reader: DrvReader, top: str, new: list[str], known: dict[str, 
         if own != path:
             raise BadDerivation(f"{path}: its contents belong at {own}: the store is corrupt")
         mode, fixed_hash = _fixed(sections.outputs)
+        if mode == "recursive":
+            contents += [o.path for o in sections.outputs if o.path]
+        contents += [s for s in sections.input_srcs if not s.endswith(".drv")]
         records.append(DerivationRecord(
             path=path,
             name=name,
@@ -62,6 +80,7 @@ def prepare_build(reader: DrvReader, top: str, new: list[str], known: dict[str, 
             outputs=tuple((o.name, o.path or None) for o in sections.outputs),
             input_drvs=tuple((p, " ".join(node.outputs)) for p, node in sections.input_drvs),
             input_srcs=sections.input_srcs,
+            rev_hint=rev_hint(sections.env) if mode else None,
         ))
     data, drv = reader.read(top)
     mismatches = verify(top, data, drv, hasher)
@@ -71,7 +90,9 @@ def prepare_build(reader: DrvReader, top: str, new: list[str], known: dict[str, 
     outputs = {o.name: o.path or None for o in drv.outputs}
     unknown = any(p is None for p in outputs.values())
     key = hasher.modulo(drv, mask_outputs=True) if unknown and not drv.is_impure else None
-    return PreparedBuild(records, drv, outputs, key)
+    if _fixed(drv.outputs)[0] == "recursive":  # built now: its output is there to learn, if it was not
+        contents += [p for p in outputs.values() if p]
+    return PreparedBuild(records, drv, outputs, tuple(dict.fromkeys(contents)), key)
 
 
 def inputs_of(reader: DrvReader, paths: list[str]) -> list[str]:

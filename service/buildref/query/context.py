@@ -1,32 +1,51 @@
-"""What the read-only queries need: the store, the repositories, and git work for revisions that
-are not recorded (computed, never stored)."""
+"""What the read-only queries need: the store, the repositories, and git work (in threads, bounded)
+for revisions by content — computed, never stored."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+from buildref.config import Repository
 from buildref.errors import UnknownRepository
-from buildref.sources.recorder import RefRecorder
+from buildref.models import RecordedBy
+from buildref.sources.gitwork import GitWork
 from buildref.sources.repositories import Repositories
-from buildref.store.api import Reader, Store
+from buildref.store.api import Reader, RepositoryInfo, Store
+
+GIT_BUDGET = 10.0  # seconds of git work one query may do
 
 
 @dataclass(frozen=True, slots=True)
 class QueryContext:
     store: Store
     repositories: Repositories
-    recorder: RefRecorder
+    git: GitWork
     store_dir: str
 
 
-async def recorded_repository(ctx: QueryContext, reader: Reader, spec: str) -> tuple[str, int]:
-    """(name, id) of a recorded repository, by the name it was recorded under or as ``record``
-    would name it (a configured name, path or URL)."""
-    repo_id = await reader.sources.repository_id(spec)
-    if repo_id is not None:
-        return spec, repo_id
+async def recorded_repository(ctx: QueryContext, reader: Reader, spec: str) -> RepositoryInfo:
+    """A recorded repository, by the name it was recorded under or as ``record`` would name it (a
+    configured name, path or URL)."""
+    info = await reader.sources.repository(spec)
+    if info is not None:
+        return info
     repo = ctx.repositories.resolve(spec)
-    repo_id = await reader.sources.repository_id(repo.name)
-    if repo_id is None:
-        raise UnknownRepository(f"repository '{repo.name}' has not been recorded yet (buildref record)")
-    return repo.name, repo_id
+    info = await reader.sources.repository(repo.name)
+    if info is None:
+        raise UnknownRepository(f"repository '{repo.name[:200]}' has not been recorded yet (buildref record)")
+    return info
+
+
+def at_hand(info: RepositoryInfo) -> Repository | None:
+    """The repository on disk, if it is still there (a recorded path may have gone)."""
+    if not os.path.isdir(info.path):
+        return None
+    return Repository(info.name, info.path, info.url)
+
+
+def recorded_by(info: RepositoryInfo) -> RecordedBy:
+    """As answers say it: ``config``, a uid, or None when not known."""
+    if info.recorded_by is None or info.recorded_by == "config":
+        return info.recorded_by
+    return int(info.recorded_by)

@@ -6,7 +6,21 @@ from buildref.errors import BadStorePath, NotFound
 from buildref.models import Build, BuildsParams, DerivationInfo, Event, EventsParams, MatchedBuild, RefMove
 from buildref.nix.storepath import StorePath
 from buildref.query.context import QueryContext, recorded_repository
-from buildref.query.lookup import repository_builds
+from buildref.query.lookup import MAX_DISTANCE, matched
+
+
+async def repository_builds(ctx: QueryContext, spec: str, since: float, limit: int) -> list[MatchedBuild]:
+    """Builds that used the content of any recorded revision of a repository, newest first."""
+    async with ctx.store.reading() as reader:
+        info = await recorded_repository(ctx, reader, spec)
+        forms = await reader.sources.repository_forms(info.id)
+        contents = await reader.builds.contents_with_forms(forms)
+        hashes = {t.nar_hash for t in (await reader.sources.trees(forms)).values()}
+        distance = await reader.builds.derivations_using({c.path for c in contents}, hashes, MAX_DISTANCE)
+        found = await reader.builds.newest_builds(distance)
+    builds = [matched(f, distance[f.drv_id]) for f in found if f.build.built_at >= since]
+    builds.sort(key=lambda b: -b.built_at)
+    return builds[:limit]
 
 
 async def builds(ctx: QueryContext, p: BuildsParams) -> list[Build] | list[MatchedBuild]:
@@ -43,5 +57,5 @@ async def show(ctx: QueryContext, what: str) -> DerivationInfo:
 
 async def ref_history(ctx: QueryContext, spec: str) -> list[RefMove]:
     async with ctx.store.reading() as reader:
-        _, repo_id = await recorded_repository(ctx, reader, spec)
-        return await reader.sources.ref_history(repo_id)
+        info = await recorded_repository(ctx, reader, spec)
+        return await reader.sources.ref_history(info.id)

@@ -1,6 +1,9 @@
-"""``lookup``: which builds came from a ref — resolve it as recorded (now or at a time), take the
-revision's source paths, and join them to the derivations that used them, up the closure graph.
-Arrival order does not matter: a ref recorded after the build finds it, and the other way round."""
+"""``lookup``: which builds came from a ref. The ref is resolved as git resolves it (anything git
+does: branches, tags — a tag wins over a branch of the same name —, hashes, ``main~3``), or as
+recorded at a time; the revision's directories are formed from git objects (under both rules);
+and the builds whose sources have those forms — whatever the store paths are named — or whose
+fixed-output hash is the revision's NAR hash are joined, up the closure graph. Any commit works,
+whether or not it was ever a ref's tip; arrival order does not matter."""
 
 from __future__ import annotations
 
@@ -8,33 +11,25 @@ import fnmatch
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from functools import partial
 
-from buildref.errors import BuildrefError, UnknownRevision
-from buildref.models import Fallback, Lookup, LookupParams, MatchedBuild, Source
-from buildref.query.context import QueryContext, recorded_repository
-from buildref.store.api import IndexedBuild, Reader, SourceRecord
+from buildref.config import Repository
+from buildref.errors import UnknownRevision
+from buildref.git.history import resolve
+from buildref.git.source import GitRepository
+from buildref.git.tree_nar import TreeRule
+from buildref.models import Fallback, Lookup, LookupParams, Match, MatchedBuild, Source
+from buildref.nix.hashes import Hash, HashAlgo
+from buildref.nix.storepath import source_path
+from buildref.query.context import GIT_BUDGET, QueryContext, at_hand, recorded_by, recorded_repository
+from buildref.sources.recorder import RevisionForms, first_parents, revision_forms
+from buildref.store.api import ContentRecord, IndexedBuild, Reader, RepositoryInfo
 
 MAX_DISTANCE = 64  # steps up the closure graph a lookup follows
-FALLBACK_DEPTH = 200  # first-parent ancestors a lookup tries when the tip has no build
+FALLBACK_DEPTH = 200  # first-parent ancestors a lookup tries when the revision has no build
 _HEX_PREFIX = re.compile(r"[0-9a-f]{4,40}")
-
-
-async def _resolve(reader: Reader, repo_id: int, ref: str, at: float) -> tuple[str, str]:
-    if ref.startswith("refs/") or ref == "HEAD":
-        names = [ref]
-    else:
-        names = [f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/remotes/{ref}", ref]
-    target = await reader.sources.ref_target(repo_id, names, at)
-    if target is not None:
-        return target
-    if _HEX_PREFIX.fullmatch(ref.lower()):
-        revs = await reader.sources.revs_with_prefix(repo_id, ref.lower())
-        if len(revs) == 1:
-            return ref, revs[0]
-        if len(revs) > 1:
-            raise UnknownRevision(f"'{ref}' is ambiguous: {len(revs)} recorded revisions start with it")
-    raise UnknownRevision(f"no recorded ref or revision '{ref[:100]}' (buildref record records refs)")
 
 
 def valid(outputs: dict[str, str]) -> bool:
@@ -48,71 +43,166 @@ def matched(found: IndexedBuild, distance: int) -> MatchedBuild:
                         valid=valid(b.outputs))
 
 
-async def matched_builds(reader: Reader, sources: Sequence[SourceRecord], direct: bool,
-                         name_glob: str | None) -> list[MatchedBuild]:
-    """The newest build of each derivation that used one of ``sources``, closest first."""
-    paths = sorted({s.store_path for s in sources})
-    hashes = sorted({s.nar_hash for s in sources})
+async def builds_using(reader: Reader, paths: Collection[str], hashes: Collection[str], direct: bool,
+                       name_glob: str | None) -> list[MatchedBuild]:
+    """The newest build of each derivation that used one of ``paths`` (or whose recursive fixed
+    output is one of ``hashes``), and of those above it; closest first, then newest."""
     distance = await reader.builds.derivations_using(paths, hashes, 0 if direct else MAX_DISTANCE)
-    builds = []
-    for found in await reader.builds.newest_builds(sorted(distance)):
-        if name_glob is None or fnmatch.fnmatchcase(found.build.name, name_glob):
-            builds.append(matched(found, distance[found.drv_id]))
+    builds = [matched(found, distance[found.drv_id]) for found in await reader.builds.newest_builds(distance)
+              if name_glob is None or fnmatch.fnmatchcase(found.build.name, name_glob)]
     builds.sort(key=lambda b: (b.distance, -b.built_at))
     return builds
 
 
-def source_list(sources: Sequence[SourceRecord]) -> tuple[Source, ...]:
-    rules: dict[str, list[str]] = {}
-    first: dict[str, SourceRecord] = {}
-    for s in sources:
-        first.setdefault(s.store_path, s)
-        rules.setdefault(s.store_path, []).append(s.rule)
-    return tuple(Source(s.store_path, s.nar_hash, s.subdir or None, tuple(sorted(rules[p])))
-                 for p, s in first.items())
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """What a lookup knows of a revision: its directories' forms (from git, when the repository
+    is at hand), and its roots' forms and NAR hashes (from git, or as recorded)."""
+
+    rev: str
+    forms: RevisionForms | None
+    roots: Roots
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    sources: tuple[Source, ...]
+    builds: list[MatchedBuild]
+
+
+Roots = dict[TreeRule, tuple[bytes | None, str | None]]  # rule -> (form, NAR hash)
+
+
+def root_digests(repo: GitRepository, forms: RevisionForms) -> Roots:
+    roots: Roots = {}
+    for rule in TreeRule:
+        form = forms.root(rule)
+        roots[rule] = (form, repo.digest(forms.tree, "", rule).nar_hash.sri if form else None)
+    return roots
+
+
+async def _revision(ctx: QueryContext, reader_info: RepositoryInfo, repo: Repository | None,
+                    rev: str) -> Revision:
+    if repo is not None:
+        forms = await ctx.git.run(repo, partial(revision_forms, rev=rev))
+        async with ctx.store.reading() as reader:
+            known = await reader.sources.trees([f for r in TreeRule if (f := forms.root(r))])
+        roots: Roots = {
+            r: (f, known[f].nar_hash if f in known else None) for r in TreeRule if (f := forms.root(r))}
+        if any(nar is None for _, nar in roots.values()):
+            roots = await ctx.git.run(repo, partial(root_digests, forms=forms))
+        return Revision(rev, forms, roots)
+    async with ctx.store.reading() as reader:
+        recorded = (await reader.sources.revisions(reader_info.id, [rev])).get(rev)
+        if recorded is None:
+            return Revision(rev, None, {})
+        pairs = {TreeRule.EXPORT_IGNORE: recorded.root_export_ignore, TreeRule.RAW: recorded.root_raw}
+        known = await reader.sources.trees([f for f in pairs.values() if f])
+    return Revision(rev, None, {r: (f, known[f].nar_hash if f in known else None) for r, f in pairs.items()})
+
+
+async def join(ctx: QueryContext, info: RepositoryInfo, revision: Revision, direct: bool,
+               name_glob: str | None) -> Joined:
+    """The builds that used the revision's content, and the sources that link them."""
+    where: dict[bytes, list[tuple[str, TreeRule]]] = {}  # identifying form -> its directories
+    if revision.forms is not None:
+        for d in revision.forms.directories:
+            if d.form.identifying:
+                where.setdefault(d.form.oid, []).append((d.subdir, d.rule))
+    for rule, (form, _) in revision.roots.items():
+        if form is not None and revision.forms is None:
+            where.setdefault(form, []).append(("", rule))
+    async with ctx.store.reading() as reader:
+        trees = await reader.sources.trees(where)
+        hashes = {nar for _, nar in revision.roots.values() if nar} | {t.nar_hash for t in trees.values()}
+        contents = await reader.builds.contents_with_forms(where)
+        # sources too large for a form are known by their NAR hash alone
+        contents += [c for c in await reader.builds.contents_with_hashes(hashes) if c.form is None]
+        builds = await builds_using(reader, {c.path for c in contents}, hashes, direct, name_glob)
+    return Joined(_sources(info, revision, where, contents, ctx.store_dir), builds)
+
+
+def _sources(info: RepositoryInfo, revision: Revision, where: dict[bytes, list[tuple[str, TreeRule]]],
+             contents: Sequence[ContentRecord], store_dir: str) -> tuple[Source, ...]:
+    by = recorded_by(info)
+    roots: dict[str, Source] = {}
+    for rule, (form, nar_hash) in revision.roots.items():
+        if form is None or nar_hash is None:
+            continue
+        path = source_path(Hash.parse(nar_hash, HashAlgo.SHA256), "source", store_dir=store_dir)
+        old = roots.get(path)
+        rules = tuple(sorted({*(old.rules if old else ()), rule.value}))
+        roots[path] = Source(path, nar_hash, None, rules, Match.EXACT, recorded_by=by)
+    found = dict(roots)
+    for c in contents:
+        if c.path in found:
+            continue
+        places = where.get(c.form, []) if c.form else [("", r) for r, (_, h) in revision.roots.items()
+                                                       if h == c.nar_hash]
+        subdir = min((subdir for subdir, _ in places), default="")  # one of them when the same form is in two
+        found[c.path] = Source(c.path, c.nar_hash or "", subdir or None,
+                               tuple(sorted({rule.value for s, rule in places if s == subdir})), Match.EXACT,
+                               recorded_by=by)
+    return tuple(found.values())
+
+
+async def _resolve(ctx: QueryContext, reader: Reader, info: RepositoryInfo, repo: Repository | None,
+                   ref: str, at: float | None) -> tuple[str, str]:
+    """(ref as reported, rev): by git in the repository, or as recorded (``--at``, or when the
+    repository is not at hand)."""
+    if at is None and repo is not None:
+        try:
+            resolved = await ctx.git.run(repo, partial(resolve, spec=ref))
+        except UnknownRevision:
+            raise UnknownRevision(f"no revision '{ref[:100]}' in repository '{info.name[:200]}'") from None
+        return resolved.ref or ref, resolved.rev
+    when = at if at is not None else time.time()
+    names = [ref] if ref.startswith("refs/") or ref == "HEAD" else [
+        ref, f"refs/{ref}", f"refs/tags/{ref}", f"refs/heads/{ref}", f"refs/remotes/{ref}"]
+    target = await reader.sources.ref_target(info.id, names, when)
+    if target is not None:
+        return target
+    if _HEX_PREFIX.fullmatch(ref.lower()):
+        revs = await reader.sources.revs_with_prefix(info.id, ref.lower())
+        if len(revs) == 1:
+            return ref, revs[0]
+        if len(revs) > 1:
+            raise UnknownRevision(f"'{ref}' is ambiguous: {len(revs)} recorded revisions start with it")
+    raise UnknownRevision(f"no recorded ref or revision '{ref[:100]}' (buildref record records refs)")
 
 
 async def lookup(ctx: QueryContext, p: LookupParams) -> Lookup:
-    at = p.at if p.at is not None else time.time()
     async with ctx.store.reading() as reader:
-        name, repo_id = await recorded_repository(ctx, reader, p.repo)
-        ref_name, rev = await _resolve(reader, repo_id, p.ref, at)
-        sources = await reader.sources.revision_sources(repo_id, rev)
-        builds = await matched_builds(reader, sources, p.direct, p.name)
+        info = await recorded_repository(ctx, reader, p.repo)
+        repo = at_hand(info)
+        ref_name, rev = await _resolve(ctx, reader, info, repo, p.ref, p.at)
+    revision = await _revision(ctx, info, repo, rev)
+    joined = await join(ctx, info, revision, p.direct, p.name)
     fallback = None
-    if not builds:
-        fallback, builds = await _fallback(ctx, name, repo_id, rev, p)
-    return Lookup(repository=name, ref=ref_name, rev=rev, sources=source_list(sources), builds=tuple(builds),
+    builds = joined.builds
+    if not builds and repo is not None:
+        fallback, builds = await _fallback(ctx, info, repo, rev, p)
+    return Lookup(repository=info.name, ref=ref_name, rev=rev, sources=joined.sources, builds=tuple(builds),
                   fallback=fallback)
 
 
-async def _fallback(ctx: QueryContext, name: str, repo_id: int, rev: str, p: LookupParams
+async def _fallback(ctx: QueryContext, info: RepositoryInfo, repo: Repository, rev: str, p: LookupParams
                     ) -> tuple[Fallback | None, list[MatchedBuild]]:
-    """The newest first-parent ancestor of ``rev`` that has a build. Sources of ancestors that
-    were never recorded are computed from git objects, not stored: a query never writes."""
-    try:
-        repo = ctx.repositories.resolve(name)
-        ancestors = await ctx.recorder.first_parents(repo, rev, FALLBACK_DEPTH)
-    except BuildrefError:  # the repository is not at hand any more: no history to walk
-        return None, []
+    """The newest first-parent ancestor of ``rev`` that has a build, within bounds (depth, time).
+    Ancestors are formed from git objects, not stored: a query never writes."""
+    deadline = time.monotonic() + GIT_BUDGET
+    ancestors = await ctx.git.run(repo, partial(first_parents, rev=rev, depth=FALLBACK_DEPTH))
     for behind, ancestor in enumerate(ancestors, start=1):
+        if time.monotonic() > deadline:
+            break
+        forms = await ctx.git.run(repo, partial(revision_forms, rev=ancestor))
+        oids = {d.form.oid for d in forms.directories if d.form.identifying}
         async with ctx.store.reading() as reader:
-            sources: Sequence[SourceRecord] = await reader.sources.revision_sources(repo_id, ancestor)
-        if not sources:
-            sources = await ctx.recorder.sources_of(repo, ancestor)
-        async with ctx.store.reading() as reader:
-            found = await matched_builds(reader, sources, p.direct, p.name)
-        if found:
-            return Fallback(ancestor, behind), found
+            contents = await reader.builds.contents_with_forms(oids)
+            hashes = {t.nar_hash for t in (await reader.sources.trees(oids)).values()}
+            if not contents and not hashes:
+                continue
+            builds = await builds_using(reader, {c.path for c in contents}, hashes, p.direct, p.name)
+        if builds:
+            return Fallback(ancestor, behind), builds
     return None, []
-
-
-async def repository_builds(ctx: QueryContext, spec: str, since: float, limit: int) -> list[MatchedBuild]:
-    """Builds that used a source of any recorded revision of a repository, newest first."""
-    async with ctx.store.reading() as reader:
-        _, repo_id = await recorded_repository(ctx, reader, spec)
-        distance = await reader.sources.repository_derivations(repo_id, MAX_DISTANCE)
-        found = await reader.builds.newest_builds(sorted(distance))
-    builds = [matched(f, distance[f.drv_id]) for f in found if f.build.built_at >= since]
-    builds.sort(key=lambda b: -b.built_at)
-    return builds[:limit]

@@ -29,6 +29,7 @@ async def status(store: Store, activity: Activity, spool_dir: str) -> Status:
         counts = await reader.events.counts()
         last = await reader.events.last()
         tables = await reader.builds.table_counts()
+        backlog = await reader.builds.content_backlog()
     return Status(
         version=__version__,
         pid=os.getpid(),
@@ -41,4 +42,5 @@ async def status(store: Store, activity: Activity, spool_dir: str) -> Status:
         last_event=last,
         database=DatabaseInfo(store.location, store.size(), tables.derivations, tables.outputs,
                               tables.builds),
+        contents_pending=backlog,
     )

@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 from functools import partial
 
 import structlog
 
 from buildref.config import Repository
 from buildref.errors import BuildrefError, UnknownRevision
+from buildref.git.forms import DirForm
 from buildref.git.source import GitRepository
+from buildref.git.tree_nar import TreeRule
 from buildref.models import Recorded, RefChange
 from buildref.process import mirror
 from buildref.sources.gitwork import GitWork
 from buildref.sources.locks import LockRecorder
 from buildref.sources.repositories import Repositories
-from buildref.store.api import RepositoryRecord, RevisionRecord, SourceRecord, Store
+from buildref.store.api import RepositoryRecord, RevisionRecord, Store, TreeRecord
 
 
 def list_refs(repo: GitRepository, wanted: tuple[str, ...] | None) -> dict[str, tuple[str, int]]:
@@ -60,10 +63,37 @@ def flake_lock(repo: GitRepository, rev: str) -> bytes | None:
     return entry.data if entry is not None and entry.type_str == "blob" else None
 
 
-def revision_sources(repo: GitRepository, rev: str) -> tuple[SourceRecord, ...]:
+@dataclass(frozen=True, slots=True)
+class RevisionForms:
+    """A revision's directories as Nix copies them, under both rules."""
+
+    rev: str
+    commit_time: int
+    tree: bytes
+    directories: tuple[DirForm, ...]
+
+    def root(self, rule: TreeRule) -> bytes | None:
+        return next((d.form.oid for d in self.directories if d.subdir == "" and d.rule is rule), None)
+
+
+def revision_forms(repo: GitRepository, rev: str) -> RevisionForms:
     commit = repo.resolve(rev)
-    return tuple(SourceRecord(s.subdir, s.rule.value, s.nar_hash.sri, s.store_path)
-                 for s in repo.tree_sources(commit))
+    tree = commit.tree_id.raw
+    dirs = [d for rule in (TreeRule.EXPORT_IGNORE, TreeRule.RAW) for d in repo.forms.directories(tree, rule)]
+    return RevisionForms(str(commit.id), int(commit.commit_time), tree, tuple(dirs))
+
+
+def new_trees(repo: GitRepository, revision: RevisionForms, known: set[bytes]) -> list[TreeRecord]:
+    """Tree records (with NAR hashes) for the identifying forms of ``revision`` not ``known``."""
+    found: dict[bytes, TreeRecord] = {}
+    for d in revision.directories:
+        oid = d.form.oid
+        if oid in known or oid in found or not d.form.identifying:
+            continue
+        digest = repo.digest(revision.tree, d.subdir, d.rule)
+        found[oid] = TreeRecord(oid, d.tree if d.tree != oid else None, digest.nar_hash.sri, digest.nar_size,
+                                d.form.files, True)
+    return list(found.values())
 
 
 def first_parents(repo: GitRepository, rev: str, depth: int) -> list[str]:
@@ -98,45 +128,48 @@ class RefRecorder:
     async def record(self, spec: str, refs: tuple[str, ...] | None, uid: int | None = None,
                      fetch: bool = False) -> Recorded:
         """Record ``spec``'s refs; with ``fetch``, a repository with a URL is fetched first (a URL
-        given as ``spec`` is mirrored under the state directory)."""
+        given as ``spec`` is mirrored under the state directory). ``uid``: who asks (None: the
+        service itself, for a configured repository)."""
         repo = self._repositories.resolve(spec, uid)
         if repo.url is not None and (fetch or not os.path.isdir(repo.path)):
             await mirror(repo.url, repo.path)
         async with self._recording.setdefault(repo.name, asyncio.Lock()):
-            return await self._record(repo, refs)
+            return await self._record(repo, refs, self._repositories.recorded_by(repo, uid))
 
-    async def _record(self, repo: Repository, refs: tuple[str, ...] | None) -> Recorded:
+    async def _record(self, repo: Repository, refs: tuple[str, ...] | None, recorded_by: str) -> Recorded:
         tips = await self._git.run(repo, partial(list_refs, wanted=refs))
         revs = sorted({rev for rev, _ in tips.values()})
         async with self._store.reading() as reader:
-            repo_id = await reader.sources.repository_id(repo.name)
-            known = await reader.sources.revisions_with_sources(repo_id, revs) if repo_id else set()
-            current = await reader.sources.current_refs(repo_id) if repo_id else {}
-        times = {rev: t for rev, t in tips.values()}
-        new = []
-        for rev in revs:
-            if rev not in known:
-                sources = await self._git.run(repo, partial(revision_sources, rev=rev))
-                new.append(RevisionRecord(rev, times[rev], sources))
-        for revision in new:
-            text = await self._git.run(repo, partial(flake_lock, rev=revision.rev))
+            info = await reader.sources.repository(repo.name)
+            known = await reader.sources.revisions(info.id, revs) if info else {}
+            current = await reader.sources.current_refs(info.id) if info else {}
+        # revisions new to the index, and ones recorded before their forms were kept
+        fresh = [rev for rev in revs if rev not in known or known[rev].root_export_ignore is None]
+        revisions: list[RevisionRecord] = []
+        forms: set[bytes] = set()
+        trees: list[TreeRecord] = []
+        for rev in fresh:
+            computed = await self._git.run(repo, partial(revision_forms, rev=rev))
+            oids = {d.form.oid for d in computed.directories if d.form.identifying}
+            async with self._store.reading() as reader:
+                have = set(await reader.sources.trees(oids)) | {t.form for t in trees}
+            trees += await self._git.run(repo, partial(new_trees, revision=computed, known=have))
+            forms |= oids
+            revisions.append(RevisionRecord(rev, computed.commit_time, computed.root(TreeRule.EXPORT_IGNORE),
+                                            computed.root(TreeRule.RAW)))
+        for rev in fresh:
+            text = await self._git.run(repo, partial(flake_lock, rev=rev))
             if text is not None:  # a flake.lock at this revision
                 try:
-                    await self._locks.record_text(f"{repo.name}@{revision.rev}:flake.lock", text)
+                    await self._locks.record_text(f"{repo.name}@{rev}:flake.lock", text)
                 except BuildrefError as e:  # a broken flake.lock in history must not stop the refs
-                    self._log.warning("flake.lock not recorded", repository=repo.name, rev=revision.rev,
-                                      error=str(e))
+                    self._log.warning("flake.lock not recorded", repository=repo.name, rev=rev, error=str(e))
         targets = {ref: rev for ref, (rev, _) in tips.items()}
         moves = ref_moves(current, targets, complete=refs is None)
-        record = RepositoryRecord(repo.name, repo.path, repo.url)
-        await self._store.sources.record_revisions(record, new, moves)
+        record = RepositoryRecord(repo.name, repo.path, repo.url, recorded_by)
+        await self._store.sources.record_revisions(record, revisions, forms, trees, moves)
         return Recorded(repository=repo.name, refs={ref: rev for ref, (rev, _) in sorted(tips.items())},
-                        moved=tuple(moves), revisions_indexed=len(new),
-                        sources_indexed=sum(len(r.sources) for r in new))
+                        moved=tuple(moves), revisions_indexed=len(revisions), sources_indexed=len(trees))
 
     async def first_parents(self, repo: Repository, rev: str, depth: int) -> list[str]:
         return await self._git.run(repo, partial(first_parents, rev=rev, depth=depth))
-
-    async def sources_of(self, repo: Repository, rev: str) -> tuple[SourceRecord, ...]:
-        """A revision's sources, computed from git objects and not stored (queries never write)."""
-        return await self._git.run(repo, partial(revision_sources, rev=rev))

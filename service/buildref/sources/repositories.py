@@ -30,6 +30,12 @@ class Repositories:
         base = re.sub(r"[^A-Za-z0-9._-]+", "_", url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git"))[:40]
         return os.path.join(self._mirrors, f"{digest}-{base or 'repo'}.git")
 
+    def recorded_by(self, repo: Repository, uid: int | None) -> str:
+        """Who a repository is recorded for: ``config`` for a configured one, else the caller's uid."""
+        if self._configured.get(repo.name) == repo:
+            return "config"
+        return str(uid if uid is not None else os.geteuid())
+
     def resolve(self, spec: str, uid: int | None = None) -> Repository:
         """A configured name, or the path of a repository (named by its absolute path), or a URL.
         With ``uid`` (who asks), an unconfigured path must belong to that user, or the user be

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 from buildref.models import (
@@ -58,6 +59,7 @@ class DerivationRecord:
     outputs: tuple[tuple[str, str | None], ...]  # None until built: floating, impure, deferred
     input_drvs: tuple[tuple[str, str], ...]  # (path, outputs used, space separated)
     input_srcs: tuple[str, ...]
+    rev_hint: str | None = None  # a git revision the derivation itself names (fetchgit's rev, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,23 +82,49 @@ class BuildRecord:
     outputs: tuple[tuple[str, str], ...]  # only outputs present in the store
     new: tuple[DerivationRecord, ...] = ()
     realised: tuple[Realised, ...] = ()
+    contents: tuple[str, ...] = ()  # store paths whose content is to be learnt (sources, fixed outputs)
+
+
+class ContentState(Enum):
+    PENDING = "pending"
+    DONE = "done"  # hashed, and its form computed
+    GONE = "gone"  # not in the store (any more)
+    LARGE = "large"  # hashed; too large for its form to be computed
+    FAILED = "failed"  # unreadable: ``error`` says why
 
 
 @dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """A source store path of a revision: its root (``subdir`` "") or a directory, under a rule."""
+class ContentRecord:
+    """What a store path (an input source, a fixed-output derivation's output) holds."""
 
-    subdir: str
-    rule: str  # export-ignore | raw
-    nar_hash: str  # SRI
-    store_path: str
+    path: str
+    state: ContentState
+    nar_hash: str | None = None  # SRI, as the store records it
+    nar_size: int | None = None
+    form: bytes | None = None  # git id of its form (buildref.git.forms)
+    files: int | None = None
+    identifying: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TreeRecord:
+    """A directory of a recorded revision as Nix copies it (content-addressed: one row per form)."""
+
+    form: bytes
+    raw: bytes | None  # the git tree it is formed from, when not the same id
+    nar_hash: str
+    nar_size: int
+    files: int
+    identifying: bool
 
 
 @dataclass(frozen=True, slots=True)
 class RevisionRecord:
     rev: str
     commit_time: int
-    sources: tuple[SourceRecord, ...]
+    root_export_ignore: bytes | None  # form of the root under each rule (None: not computed)
+    root_raw: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +132,37 @@ class RepositoryRecord:
     name: str
     path: str
     url: str | None
+    recorded_by: str | None = "config"  # "config", or the uid that had it recorded
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryInfo:
+    id: int
+    name: str
+    path: str
+    url: str | None
+    recorded_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionInfo:
+    id: int
+    repo_id: int
+    rev: str
+    commit_time: int
+    root_export_ignore: bytes | None
+    root_raw: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClosureItem:
+    """Content a derivation's closure used: an input source, or a fixed-output derivation (by its
+    declared hash, and its output path when known); ``distance`` steps down from the derivation."""
+
+    path: str | None
+    distance: int
+    fixed_hash: str | None = None  # recursive fixed-output hash (SRI)
+    rev_hint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,19 +176,6 @@ class LockRecord:
     rev: str | None
     nar_hash: str
     store_path: str  # <narHash>-source
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedSource:
-    """A source of a recorded revision, found by store path or NAR hash."""
-
-    store_path: str
-    repository: str
-    rev: str
-    subdir: str
-    rule: str
-    rev_id: int
-    nar_hash: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +216,11 @@ class EventLog(Protocol):
 class BuildIndex(Protocol):
     async def record(self, builds: Sequence[BuildRecord]) -> None:
         """In one transaction, for each build: its new derivations, the outputs now known, the
-        build, and its event marked indexed."""
+        build, its event marked indexed, and the store paths whose content is still to learn."""
+
+    async def pending_contents(self, limit: int) -> list[str]: ...
+
+    async def record_contents(self, contents: Sequence[ContentRecord]) -> None: ...
 
 
 # -- what the source recorder writes
@@ -178,8 +228,11 @@ class BuildIndex(Protocol):
 
 class SourceIndex(Protocol):
     async def record_revisions(self, repo: RepositoryRecord, revisions: Sequence[RevisionRecord],
+                               forms: Collection[bytes], trees: Sequence[TreeRecord],
                                moves: Sequence[RefChange]) -> None:
-        """In one transaction: the repository, new revisions with their sources, and ref moves."""
+        """In one transaction: the repository, new revisions with their root forms, the forms of
+        all their directories (the repository's own list), those forms' trees not known yet (kept
+        once, whichever repository has them), and ref moves."""
 
     async def replace_lock(self, lock_file: str, inputs: Sequence[LockRecord]) -> None:
         """Replace everything known of one flake.lock."""
@@ -210,14 +263,25 @@ class BuildQueries(Protocol):
     async def producer(self, path: str) -> BuiltOutput | None:
         """The newest build that produced output ``path``."""
 
-    async def closure_inputs(self, drv_id: int) -> tuple[list[str], list[str]]:
-        """Input sources, and recursive fixed-output hashes, used anywhere in a derivation's closure."""
+    async def closure(self, drv_id: int) -> list[ClosureItem]:
+        """Every input source and recursive fixed-output derivation in a derivation's closure,
+        each at its least distance from it."""
 
-    async def derivations_using(self, store_paths: Sequence[str], nar_hashes: Sequence[str],
+    async def derivations_using(self, store_paths: Collection[str], nar_hashes: Collection[str],
                                 max_distance: int) -> dict[int, int]:
-        """Derivation id -> distance for derivations that use one of ``store_paths`` as an input
-        source or whose recursive fixed-output hash is one of ``nar_hashes`` (0), and those above
-        them in the closure graph (one per step)."""
+        """Derivation id -> distance for derivations that use one of ``store_paths`` (as an input
+        source, or as the output of a recursive fixed-output derivation, which then counts itself),
+        or are recursive fixed-output derivations whose hash is one of ``nar_hashes`` (0), and
+        those above them in the closure graph (one per step)."""
+
+    async def contents(self, paths: Collection[str]) -> dict[str, ContentRecord]: ...
+
+    async def contents_with_forms(self, forms: Collection[bytes]) -> list[ContentRecord]: ...
+
+    async def contents_with_hashes(self, nar_hashes: Collection[str]) -> list[ContentRecord]: ...
+
+    async def content_backlog(self) -> int:
+        """How many store paths' contents are still to learn."""
 
     async def derivation(self, path: str) -> DerivationInfo | None: ...
 
@@ -225,28 +289,33 @@ class BuildQueries(Protocol):
 
 
 class SourceQueries(Protocol):
-    async def repository_id(self, name: str) -> int | None: ...
+    async def repository(self, name: str) -> RepositoryInfo | None: ...
+
+    async def repositories(self) -> list[RepositoryInfo]: ...
 
     async def current_refs(self, repo_id: int) -> dict[str, str | None]:
         """Each ref's latest recorded target (None: deleted)."""
 
-    async def revisions_with_sources(self, repo_id: int, revs: Collection[str]) -> set[str]: ...
+    async def revisions(self, repo_id: int, revs: Collection[str]) -> dict[str, RevisionInfo]:
+        """The recorded ones among ``revs``."""
+
+    async def revisions_with_roots(self, forms: Collection[bytes]) -> list[RevisionInfo]:
+        """Recorded revisions (of any repository) whose root, under either rule, has one of ``forms``."""
 
     async def ref_target(self, repo_id: int, names: Sequence[str], at: float) -> tuple[str, str] | None:
         """(ref, rev) of the first of ``names`` that pointed at a revision at time ``at``."""
 
     async def revs_with_prefix(self, repo_id: int, prefix: str) -> list[str]: ...
 
-    async def revision_sources(self, repo_id: int, rev: str) -> list[SourceRecord]: ...
+    async def trees(self, forms: Collection[bytes]) -> dict[bytes, TreeRecord]: ...
 
-    async def repository_derivations(self, repo_id: int, max_distance: int) -> dict[int, int]:
-        """As :meth:`BuildQueries.derivations_using`, for every recorded revision of a repository."""
+    async def trees_with_hash(self, nar_hash: str) -> list[TreeRecord]: ...
 
-    async def recorded_sources(self, paths: Collection[str], hashes: Collection[str]
-                               ) -> list[RecordedSource]: ...
+    async def repository_forms(self, repo_id: int) -> list[bytes]:
+        """Forms of every directory of every recorded revision of a repository."""
 
-    async def refs_at(self, rev_id: int, at: float | None) -> list[str]:
-        """Refs whose latest move (up to ``at``; None: now) points at revision ``rev_id``."""
+    async def refs_at(self, repo_id: int, rev: str, at: float | None) -> list[str]:
+        """Refs whose latest move (up to ``at``; None: now) points at ``rev``."""
 
     async def locked_inputs(self, paths: Collection[str], hashes: Collection[str]) -> list[LockedInput]: ...
 

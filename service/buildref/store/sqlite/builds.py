@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Iterable, Sequence
+from typing import Any
 
 import aiosqlite
 
 from buildref.models import Build, DerivationInfo, FixedOutput
-from buildref.store.api import BuildRecord, BuiltOutput, IndexedBuild, TableCounts
+from buildref.store.api import (
+    BuildRecord,
+    BuiltOutput,
+    ClosureItem,
+    ContentRecord,
+    ContentState,
+    IndexedBuild,
+    TableCounts,
+)
 from buildref.store.sqlite.database import Database, rows, rows_in
+
+_CONTENT = "path, state, nar_hash, nar_size, form, files, identifying, error"
+
+
+def _content(row: Any) -> ContentRecord:
+    path, state, nar_hash, nar_size, form, files, identifying, error = row
+    return ContentRecord(path, ContentState(state), nar_hash, nar_size, form, files, bool(identifying), error)
 
 
 class SqliteBuildIndex:
@@ -22,10 +38,17 @@ class SqliteBuildIndex:
         realised = [r for b in builds for r in b.realised]
         async with self._db.transaction() as conn:
             await conn.executemany(
-                "INSERT INTO derivations (path, name, system, fixed_mode, fixed_hash, modulo, first_seen)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO NOTHING",
-                [(d.path, d.name, d.system, d.fixed_mode, d.fixed_hash, d.modulo, now) for d in drvs],
+                "INSERT INTO derivations (path, name, system, fixed_mode, fixed_hash, modulo,"
+                " first_seen, rev_hint)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO NOTHING",
+                [(d.path, d.name, d.system, d.fixed_mode, d.fixed_hash, d.modulo, now, d.rev_hint)
+                 for d in drvs],
             )
+            await conn.executemany(
+                # a path gone when it was looked at may be back (a fixed output built since)
+                "INSERT INTO contents (path, state) VALUES (?, 'pending')"
+                " ON CONFLICT (path) DO UPDATE SET state = 'pending' WHERE contents.state = 'gone'",
+                [(path,) for b in builds for path in b.contents])
             # ids after insertion: inputs may be new in this transaction or indexed long ago
             wanted = {*(b.drv_path for b in builds), *(d.path for d in drvs),
                       *(p for d in drvs for p, _ in d.input_drvs), *(r.drv for r in realised)}
@@ -57,6 +80,20 @@ class SqliteBuildIndex:
             )
             await conn.executemany("UPDATE events SET state = 'indexed', error = NULL, indexed_at = ?"
                                    " WHERE id = ?", [(now, b.event_id) for b in builds])
+
+    async def pending_contents(self, limit: int) -> list[str]:
+        async with self._db.snapshot() as conn:
+            found = await rows(conn, "SELECT path FROM contents WHERE state = 'pending' LIMIT ?", (limit,))
+        return [path for (path,) in found]
+
+    async def record_contents(self, contents: Sequence[ContentRecord]) -> None:
+        async with self._db.transaction() as conn:
+            await conn.executemany(
+                "UPDATE contents SET state = ?, nar_hash = ?, nar_size = ?, form = ?, files = ?,"
+                " identifying = ?,"
+                " error = ? WHERE path = ?",
+                [(c.state.value, c.nar_hash, c.nar_size, c.form, c.files, int(c.identifying), c.error, c.path)
+                 for c in contents])
 
 
 class SqliteBuildQueries:
@@ -103,20 +140,31 @@ class SqliteBuildQueries:
             " WHERE o.path = ? ORDER BY b.built_at DESC LIMIT 1", (path,))
         return BuiltOutput(*found[0]) if found else None
 
-    async def closure_inputs(self, drv_id: int) -> tuple[list[str], list[str]]:
-        ids = [i for (i,) in await rows(
+    async def closure(self, drv_id: int) -> list[ClosureItem]:
+        distance = dict(await rows(
             self._conn,
-            "WITH RECURSIVE closure (id) AS (SELECT ?"
-            " UNION SELECT e.input_id FROM drv_inputs e JOIN closure c ON e.drv_id = c.id)"
-            " SELECT id FROM closure", (drv_id,))]
+            "WITH RECURSIVE closure (id, distance) AS (SELECT ?, 0"
+            " UNION SELECT e.input_id, c.distance + 1 FROM drv_inputs e JOIN closure c ON e.drv_id = c.id)"
+            " SELECT id, min(distance) FROM closure GROUP BY id", (drv_id,)))
         # by key, not joined to the closure: a join the planner misjudged cost 5 ms here
-        paths = await rows_in(self._conn, "SELECT path FROM src_inputs WHERE drv_id IN ({marks})", ids)
-        hashes = await rows_in(
-            self._conn,
-            "SELECT fixed_hash FROM derivations WHERE id IN ({marks}) AND fixed_mode = 'recursive'", ids)
-        return sorted({p for (p,) in paths}), sorted({h for (h,) in hashes})
+        items: dict[tuple[str | None, str | None], ClosureItem] = {}
+        sources = "SELECT drv_id, path FROM src_inputs WHERE drv_id IN ({marks})"
+        for i, path in await rows_in(self._conn, sources, distance):
+            if not path.endswith(".drv"):
+                item = ClosureItem(path, distance[i])
+                if items.setdefault((path, None), item).distance > item.distance:
+                    items[(path, None)] = item
+        for i, fixed_hash, rev_hint, path in await rows_in(
+                self._conn,
+                "SELECT d.id, d.fixed_hash, d.rev_hint, o.path FROM derivations d LEFT JOIN outputs"
+                " o ON o.drv_id = d.id"
+                " WHERE d.id IN ({marks}) AND d.fixed_mode = 'recursive'", distance):
+            item = ClosureItem(path, distance[i], fixed_hash, rev_hint)
+            if items.setdefault((path, fixed_hash), item).distance > item.distance:
+                items[(path, fixed_hash)] = item
+        return sorted(items.values(), key=lambda c: (c.distance, c.path or "", c.fixed_hash or ""))
 
-    async def derivations_using(self, store_paths: Sequence[str], nar_hashes: Sequence[str],
+    async def derivations_using(self, store_paths: Collection[str], nar_hashes: Collection[str],
                                 max_distance: int) -> dict[int, int]:
         if not store_paths and not nar_hashes:
             return {}
@@ -126,13 +174,32 @@ class SqliteBuildQueries:
             self._conn,
             "WITH RECURSIVE users (drv_id, distance) AS ("
             f" SELECT drv_id, 0 FROM src_inputs WHERE path IN ({paths})"
+            " UNION SELECT d.id, 0 FROM derivations d JOIN outputs o ON o.drv_id = d.id"
+            f" WHERE d.fixed_mode = 'recursive' AND o.path IN ({paths})"
             " UNION SELECT id, 0 FROM derivations WHERE fixed_mode = 'recursive'"
             f" AND fixed_hash IN ({hashes})"
             " UNION SELECT e.drv_id, u.distance + 1 FROM drv_inputs e JOIN users u ON e.input_id = u.drv_id"
             " WHERE u.distance < ?)"
             " SELECT drv_id, min(distance) FROM users GROUP BY drv_id",
-            [*store_paths, *nar_hashes, max_distance])
+            [*store_paths, *store_paths, *nar_hashes, max_distance])
         return dict(found)
+
+    async def contents(self, paths: Collection[str]) -> dict[str, ContentRecord]:
+        found = await rows_in(self._conn, f"SELECT {_CONTENT} FROM contents WHERE path IN ({{marks}})", paths)
+        return {row[0]: _content(row) for row in found}
+
+    async def contents_with_forms(self, forms: Collection[bytes]) -> list[ContentRecord]:
+        found = await rows_in(self._conn, f"SELECT {_CONTENT} FROM contents WHERE form IN ({{marks}})"
+                                          " AND identifying = 1", forms)
+        return [_content(row) for row in found]
+
+    async def contents_with_hashes(self, nar_hashes: Collection[str]) -> list[ContentRecord]:
+        found = await rows_in(self._conn, f"SELECT {_CONTENT} FROM contents WHERE nar_hash IN ({{marks}})",
+                              nar_hashes)
+        return [_content(row) for row in found]
+
+    async def content_backlog(self) -> int:
+        return int((await rows(self._conn, "SELECT count(*) FROM contents WHERE state = 'pending'"))[0][0])
 
     async def derivation(self, path: str) -> DerivationInfo | None:
         found = await rows(self._conn, "SELECT id, name, system, fixed_mode, fixed_hash FROM derivations"

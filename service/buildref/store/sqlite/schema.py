@@ -125,6 +125,55 @@ MIGRATIONS: tuple[str, ...] = (
     # 2: newest events by state (`buildref events --state failed`) without a scan
     "CREATE INDEX IF NOT EXISTS events_state ON events (state, id);"
     " DELETE FROM meta WHERE key = 'schema_version';",
+    # 3: match by content, for any commit. What each source a derivation used holds (its NAR
+    # hash, from the store, and the git id of its form), and the forms of recorded revisions'
+    # directories, stored once per distinct content instead of a row per directory per revision.
+    # Revisions keep their root forms; per-revision source rows go (they are derived from git and
+    # recomputed as repositories are recorded); every source already indexed is queued for hashing.
+    """
+    CREATE TABLE contents (
+        path TEXT PRIMARY KEY,        -- an input source, or a fixed-output derivation's output
+        state TEXT NOT NULL,          -- pending | done | gone | large | failed
+        nar_hash TEXT,                -- SRI, as the store records it
+        nar_size INTEGER,
+        form BLOB,                    -- git id of its form (buildref.git.forms); NULL: not computed
+        files INTEGER,
+        identifying INTEGER,          -- 1: its content can name a revision
+        error TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX contents_form ON contents (form) WHERE form IS NOT NULL;
+    CREATE INDEX contents_hash ON contents (nar_hash);
+    CREATE INDEX contents_pending ON contents (path) WHERE state = 'pending';
+    CREATE TABLE trees (
+        form BLOB PRIMARY KEY,        -- git id of a recorded revision's directory as Nix copies it
+        raw BLOB,                     -- the git tree it is formed from, when not the same
+        nar_hash TEXT NOT NULL,       -- SRI
+        nar_size INTEGER NOT NULL,
+        files INTEGER NOT NULL,
+        identifying INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX trees_hash ON trees (nar_hash);
+    CREATE TABLE repo_trees (         -- which repositories' recorded revisions have each form
+        form BLOB NOT NULL,
+        repo_id INTEGER NOT NULL REFERENCES repositories (id),
+        PRIMARY KEY (form, repo_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX repo_trees_repo ON repo_trees (repo_id);
+    ALTER TABLE revisions ADD COLUMN root_export_ignore BLOB;
+    ALTER TABLE revisions ADD COLUMN root_raw BLOB;
+    ALTER TABLE repositories ADD COLUMN recorded_by TEXT;  -- 'config', or the uid that recorded it
+    -- only configured repositories have plain names (a recorded path or URL is named by itself);
+    -- who recorded the others before this column existed is not known: NULL
+    UPDATE repositories SET recorded_by = 'config'
+        WHERE name NOT LIKE '/%' AND name NOT LIKE '%://%' AND name NOT LIKE '%@%:%';
+    ALTER TABLE derivations ADD COLUMN rev_hint TEXT;
+    DROP TABLE sources;
+    INSERT INTO contents (path, state) SELECT DISTINCT path, 'pending' FROM src_inputs
+        WHERE path NOT LIKE '%.drv';
+    INSERT OR IGNORE INTO contents (path, state)
+        SELECT o.path, 'pending' FROM outputs o JOIN derivations d ON d.id = o.drv_id
+        WHERE d.fixed_mode = 'recursive' AND o.path IS NOT NULL;
+    """,
 )
 
 
