@@ -203,15 +203,11 @@ def store_files(path: Path) -> dict[str, Entry]:
             for name in [*files, *(d for d in dirs if (Path(root) / d).is_symlink())]:
                 full = Path(root) / name
                 add(str(full.relative_to(path)), full)
-    files_to_hash = [full for _, full, _ in entries.values() if full is not None]
-    if files_to_hash:
-        proc = subprocess.run(["git", "hash-object", "--no-filters", "--stdin-paths"], capture_output=True,
-                              check=True, input="".join(f"{p}\n" for p in files_to_hash).encode())
-        ids = iter(proc.stdout.decode().split())
-    found: dict[str, Entry] = {}
-    for rel, (mode, full, oid) in entries.items():
-        found[rel] = (mode, next(ids) if full is not None else oid)
-    return found
+    to_hash = [full for _, full, _ in entries.values() if full is not None]
+    hashed = subprocess.run(["git", "hash-object", "--no-filters", "--stdin-paths"], capture_output=True,
+                            check=True, input="".join(f"{p}\n" for p in to_hash).encode()).stdout.split()
+    ids = iter(oid.decode() for oid in hashed)
+    return {rel: (mode, next(ids) if full is not None else oid) for rel, (mode, full, oid) in entries.items()}
 
 
 def _strip(rel: str, subdir: str | None) -> str | None:
