@@ -8,6 +8,8 @@ missing=()
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v nix-instantiate >/dev/null 2>&1 || missing+=(nix-bin)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # checks the NixOS module's units
+# the fleet tests start their own PostgreSQL server (initdb into a temp dir) from Debian's binaries
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 [ -x /usr/bin/python3 ] || missing+=(python3)
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from helpers import Nix
+from pgserver import PostgresMissing, PostgresServer
 from servicectl import ServiceProcess
 
 
@@ -35,3 +36,16 @@ def service() -> Iterator[ServiceProcess]:
         yield svc.start()
     finally:
         svc.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL for the session (tests that need it fail, never skip, when it is missing)."""
+    try:
+        server = PostgresServer().start()
+    except PostgresMissing as e:
+        pytest.fail(str(e))
+    try:
+        yield server
+    finally:
+        server.close()

@@ -101,8 +101,10 @@ def test_sockets_modes_and_config_errors(service: ServiceProcess, tmp_path: Path
     assert_error_line(buildref_cli("serve", "--config", str(bad)), "unknown config key stat_dir")
     bad.write_text('[hook]\nmode = "rw"\n')
     assert_error_line(buildref_cli("serve", "--config", str(bad)), "hook.mode")
-    bad.write_text('database = "postgresql://x/y"\n')
-    assert_error_line(buildref_cli("serve", "--config", str(bad)), "only sqlite")
+    bad.write_text('database = "mysql://u:secret@x/y"\n')
+    refused = buildref_cli("serve", "--config", str(bad))
+    assert_error_line(refused, "expected sqlite:///path or postgresql://", "mysql://u@x/y")
+    assert b"secret" not in refused.stderr  # a password is never shown
     # a second service on the same sockets refuses to start, and the first keeps serving
     second = ServiceProcess(service.base)
     second.start(wait=False)

@@ -1,6 +1,7 @@
 """The storage contract: what every backend behind ``buildref.store.api`` must do, run against each
-backend (SQLite here; the fleet's PostgreSQL runs the same suite). In-process, no Nix: records in,
-models out. The only SQL in the tests lives here, in the backends' helpers below."""
+backend: SQLite, and a fleet's store (its inbox in local SQLite, its index in a real PostgreSQL
+server started for the session). In-process, no Nix: records in, models out. The only SQL in the
+tests lives here, in the backends' helpers below."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import functools
 import json
 import shutil
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import pytest
 
-from buildref.errors import BadConfig
+from buildref.errors import BadConfig, StorageError
 from buildref.models import EventState, RefChange
 from buildref.store.api import (
     BuildRecord,
@@ -31,12 +34,15 @@ from buildref.store.api import (
     Store,
     TreeRecord,
 )
+from buildref.store.fleet import FleetStore
 from buildref.store.sqlite import SqliteStore
 from buildref.store.sqlite.schema import MIGRATIONS
+from pgserver import PostgresServer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 S = "/nix/store/"
 T = TypeVar("T")
+B = "builder-1"
 
 
 def run(test: Callable[..., Awaitable[T]]) -> Callable[..., T]:
@@ -70,10 +76,58 @@ class SqliteBackend:
                                " VALUES (?, 'x', 'x', 'regular:out=00', 0)", (path,))
             yield
 
+    async def write_through(self, reader: Any) -> None:
+        """Try to write through a reader's connection; must raise."""
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await reader.builds._conn.execute("DELETE FROM events")
 
-@pytest.fixture(params=["sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> SqliteBackend:
-    return SqliteBackend(tmp_path)
+
+class PostgresBackend:
+    """A fleet's store: the inbox in local SQLite, builds and sources in a fresh PostgreSQL database."""
+
+    name = "postgres"
+
+    def __init__(self, directory: Path, server: PostgresServer) -> None:
+        self.inbox = directory / "inbox.db"
+        self.url = server.create_database()
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[Store]:
+        store = await FleetStore.open(self.url, str(self.inbox), B)
+        try:
+            yield store
+        finally:
+            await store.close()
+
+    @contextlib.asynccontextmanager
+    async def uncommitted_derivation(self, store: Store, path: str) -> AsyncIterator[None]:
+        """Another writer's transaction, left open for the block, that has inserted a derivation."""
+        async with store.reading() as r:
+            await r.builds.known_modulo([])  # the schema is made at first use
+        conn = await asyncpg.connect(self.url)
+        try:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO derivations (path, name, system, modulo, first_seen)"
+                                   " VALUES ($1, 'x', 'x', 'regular:out=00', 0)", path)
+                yield
+        finally:
+            await conn.close()
+
+    async def write_through(self, reader: Any) -> None:
+        with pytest.raises(StorageError, match="read-only transaction"):
+            await reader.builds._conn.fetch("DELETE FROM derivations")
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):  # the local inbox
+            await reader.events._conn.execute("DELETE FROM events")
+
+
+Backend = SqliteBackend | PostgresBackend
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return SqliteBackend(tmp_path)
+    return PostgresBackend(tmp_path, request.getfixturevalue("pg_server"))
 
 
 def drv(name: str, inputs: tuple[tuple[str, str], ...] = (), srcs: tuple[str, ...] = (),
@@ -94,7 +148,7 @@ async def add_event(store: Store, drv_path: str, t: float) -> int:
 
 
 @run
-async def test_events_are_kept_once_and_change_state(backend: SqliteBackend) -> None:
+async def test_events_are_kept_once_and_change_state(backend: Backend) -> None:
     async with backend.open() as store:
         events = [NewEvent(f"{S}e{i}.drv", ("o",), float(i), "socket") for i in range(3)]
         await store.events.append(events)
@@ -110,13 +164,15 @@ async def test_events_are_kept_once_and_change_state(backend: SqliteBackend) -> 
             failed = await reader.events.newest(EventState.FAILED, 10)
             assert [(e.drv_path, e.error) for e in failed] == [
                 ("garbage", "error: bad"), (events[0].drv, "error: broken")]
+            oldest = await reader.events.oldest_pending()
+            assert oldest is not None and abs(oldest - time.time()) < 60
             keyed = await reader.events.by_keys([(events[2].drv, 2.0), (events[2].drv, 3.0), ("nope", 1.0)])
             assert [(e.drv_path, e.t, e.state) for e in keyed] == [(events[2].drv, 2.0, EventState.PENDING)]
             assert len(await reader.events.newest(None, 2)) == 2
 
 
 @run
-async def test_builds_closure_and_matching(backend: SqliteBackend) -> None:
+async def test_builds_closure_and_matching(backend: Backend) -> None:
     src = f"{S}{'s' * 32}-source"
     lib = drv("lib", srcs=(src,))
     fetched = drv("fetched", fixed=("recursive", "sha256-AAAA"))
@@ -126,40 +182,43 @@ async def test_builds_closure_and_matching(backend: SqliteBackend) -> None:
     async with backend.open() as store:
         e1 = await add_event(store, app.path, 100.0)
         app_out = (("out", app.outputs[0][1] or ""),)
-        await store.builds.record([BuildRecord(e1, app.path, 100.0, app_out, (lib, fetched, app))])
+        await store.builds.record([BuildRecord(e1, app.path, 100.0, app_out, (lib, fetched, app), builder=B)])
         e2 = await add_event(store, top.path, 200.0)
         dev = f"{S}{'d' * 32}-top-dev"
         await store.builds.record([BuildRecord(e2, top.path, 200.0, (("dev", dev),), (top,),
-                                               (Realised(top.path, "dev", dev),))])
+                                               (Realised(top.path, "dev", dev),), builder="builder-2")])
         async with store.reading() as r:
             assert await r.builds.known_modulo([lib.path, top.path, f"{S}x.drv"]) == {
                 lib.path: "regular:out=lib", top.path: "regular:out=top"}
             info = await r.builds.derivation(top.path)
             assert info is not None and info.outputs == {"dev": dev, "out": f"{S}{'t' * 32}-top"}
             assert info.input_drvs == {app.path: ("out", "dev")}
-            assert [b.outputs for b in info.builds] == [{"dev": dev}]
+            assert [(b.outputs, b.builder) for b in info.builds] == [({"dev": dev}, "builder-2")]
             fixed = await r.builds.derivation(fetched.path)
             assert fixed is not None and fixed.fixed is not None and fixed.fixed.hash == "sha256-AAAA"
             assert await r.builds.derivation(f"{S}nothing.drv") is None
             producer = await r.builds.producer(dev)
-            assert producer is not None and (producer.drv_path, producer.output, producer.built_at) == (
-                top.path, "dev", 200.0)
+            assert producer is not None and (producer.drv_path, producer.output, producer.built_at,
+                                             producer.builder) == (top.path, "dev", 200.0, "builder-2")
             closure = await r.builds.closure(producer.drv_id)
             assert [(c.path, c.distance, c.fixed_hash) for c in closure] == [
                 (fixed.outputs["out"], 2, "sha256-AAAA"), (src, 2, None)]
             users = await r.builds.derivations_using([src], ["sha256-AAAA"], 64)
-            newest = {b.build.drv_path: users[b.drv_id] for b in await r.builds.newest_builds(list(users))}
-            assert newest == {app.path: 1, top.path: 2}  # lib and fetched were never built themselves
+            newest = {b.build.drv_path: (users[b.drv_id], b.build.builder)
+                      for b in await r.builds.newest_builds(list(users))}
+            # lib and fetched were never built themselves
+            assert newest == {app.path: (1, B), top.path: (2, "builder-2")}
             assert list((await r.builds.derivations_using([src], [], 0)).values()) == [0]  # lib alone
             assert [b.drv_path for b in await r.builds.recent(150.0, 10)] == [top.path]
-            assert [b.drv_path for b in await r.builds.recent(0.0, 10)] == [top.path, app.path]
+            assert [(b.drv_path, b.builder) for b in await r.builds.recent(0.0, 10)] == [
+                (top.path, "builder-2"), (app.path, B)]
             counts = await r.builds.table_counts()
             assert (counts.derivations, counts.outputs, counts.builds) == (4, 5, 2)
             assert (await r.events.counts()).indexed == 2
 
 
 @run
-async def test_builds_are_recorded_in_batches(backend: SqliteBackend) -> None:
+async def test_builds_are_recorded_in_batches(backend: Backend) -> None:
     """Many builds in one transaction (a backlog, a benchmark's load), each with its own event;
     a derivation new to several of them is one derivation."""
     shared = drv("shared")
@@ -167,8 +226,8 @@ async def test_builds_are_recorded_in_batches(backend: SqliteBackend) -> None:
     async with backend.open() as store:
         await store.events.append([NewEvent(t.path, (), 1.0, "socket") for t in tops])
         ids = {e.drv: e.id for e in await store.events.pending(100)}
-        await store.builds.record([BuildRecord(ids[t.path], t.path, 1.0, (("out", t.path[:-4]),), (shared, t))
-                                   for t in tops])
+        await store.builds.record([BuildRecord(ids[t.path], t.path, 1.0, (("out", t.path[:-4]),), (shared, t),
+                                               builder=B) for t in tops])
         async with store.reading() as r:
             assert (await r.builds.table_counts()).derivations == 51
             assert (await r.events.counts()).indexed == 50
@@ -177,7 +236,7 @@ async def test_builds_are_recorded_in_batches(backend: SqliteBackend) -> None:
 
 
 @run
-async def test_refs_revisions_trees_and_locks(backend: SqliteBackend) -> None:
+async def test_refs_revisions_trees_and_locks(backend: Backend) -> None:
     repo = RepositoryRecord("app", "/srv/app", None, "config")
     root_ei, root_raw, sub = b"\x01" * 20, b"\x02" * 20, b"\x03" * 20
     trees = [TreeRecord(root_ei, root_raw, "sha256-ROOT", 100, 3, True),
@@ -232,7 +291,7 @@ async def test_refs_revisions_trees_and_locks(backend: SqliteBackend) -> None:
 
 
 @run
-async def test_contents_are_learnt_and_joined(backend: SqliteBackend) -> None:
+async def test_contents_are_learnt_and_joined(backend: Backend) -> None:
     """Sources a build used are queued to be learnt (once, and again when a path gone comes back);
     what is learnt joins them to derivations by form or NAR hash."""
     src, big, out = f"{S}{'s' * 32}-source", f"{S}{'g' * 32}-big", f"{S}{'f' * 32}-fetched"
@@ -241,7 +300,7 @@ async def test_contents_are_learnt_and_joined(backend: SqliteBackend) -> None:
     fetched = drv("fetched", fixed=("recursive", "sha256-FETCH"), outputs=(("out", out),))
     async with backend.open() as store:
         event = await add_event(store, user.path, 1.0)
-        build = BuildRecord(event, user.path, 1.0, (), (user, fetched), (), (src, big, out))
+        build = BuildRecord(event, user.path, 1.0, (), (user, fetched), (), (src, big, out), B)
         await store.builds.record([build])
         assert sorted(await store.builds.pending_contents(10)) == sorted([src, big, out])
         await store.builds.record_contents([
@@ -264,12 +323,12 @@ async def test_contents_are_learnt_and_joined(backend: SqliteBackend) -> None:
             assert [(c.path, c.distance, c.fixed_hash) for c in closure] == [(big, 0, None), (src, 0, None)]
         # the fixed output is built now: its path, gone when it was looked at, is learnt again
         event = await add_event(store, fetched.path, 2.0)
-        await store.builds.record([BuildRecord(event, fetched.path, 2.0, (("out", out),), (), (), (out,))])
+        await store.builds.record([BuildRecord(event, fetched.path, 2.0, (("out", out),), (), (), (out,), B)])
         assert await store.builds.pending_contents(10) == [out]
 
 
 @run
-async def test_a_reader_never_sees_uncommitted_or_rolled_back_writes(backend: SqliteBackend) -> None:
+async def test_a_reader_never_sees_uncommitted_or_rolled_back_writes(backend: Backend) -> None:
     """A reader asks while another task's write transaction is open: it neither waits for it nor
     sees its rows; once that transaction is rolled back, nobody ever does."""
     path = f"{S}{'u' * 32}-uncommitted.drv"
@@ -290,16 +349,46 @@ async def test_a_reader_never_sees_uncommitted_or_rolled_back_writes(backend: Sq
         # and what is committed is seen by the next snapshot
         committed = drv("committed")
         event = await add_event(store, committed.path, 1.0)
-        await store.builds.record([BuildRecord(event, committed.path, 1.0, (), (committed,))])
+        await store.builds.record([BuildRecord(event, committed.path, 1.0, (), (committed,), builder=B)])
         async with store.reading() as r:
             assert committed.path in await r.builds.known_modulo([committed.path])
 
 
 @run
-async def test_readers_do_not_write(backend: SqliteBackend) -> None:
+async def test_readers_do_not_write(backend: Backend) -> None:
     async with backend.open() as store, store.reading() as r:
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            await r.builds._conn.execute("DELETE FROM events")  # type: ignore[attr-defined]
+        await backend.write_through(r)
+
+
+@run
+async def test_recording_a_build_again_is_one_build(backend: Backend) -> None:
+    """A build shipped twice (a retry after a crash between the index's commit and the event's) is
+    one build; the same derivation built by another builder, or later, is another; the newest wins."""
+    one = drv("one")
+    async with backend.open() as store:
+        e1 = await add_event(store, one.path, 10.0)
+        first = BuildRecord(e1, one.path, 10.0, (("out", one.path[:-4]),), (one,), (), (), "a")
+        await store.builds.record([first])
+        await store.builds.record([first])
+        e2 = await add_event(store, one.path, 20.0)
+        await store.builds.record([BuildRecord(e2, one.path, 20.0, (), (one,), (), (), "b")])
+        async with store.reading() as r:
+            recent = await r.builds.recent(0.0, 10)
+            assert [(b.builder, b.built_at) for b in recent] == [("b", 20.0), ("a", 10.0)]
+            info = await r.builds.derivation(one.path)
+            assert info is not None and [(b.builder, b.outputs) for b in info.builds] == [
+                ("b", {}), ("a", {"out": one.path[:-4]})]
+            [newest] = await r.builds.newest_builds([await _drv_id(r, one.path)])
+            assert (newest.build.builder, newest.build.built_at) == ("b", 20.0)
+            assert (await r.builds.table_counts()).builds == 2
+            assert (await r.events.counts()).indexed == 2
+            assert await r.events.oldest_pending() is None
+
+
+async def _drv_id(reader: Any, path: str) -> int:
+    producer = await reader.builds.producer(path[:-4])
+    assert producer is not None
+    return int(producer.drv_id)
 
 
 @run
@@ -319,7 +408,10 @@ async def test_round_one_database_is_upgraded_keeping_everything(tmp_path: Path)
             oldest_first = [[e.drv_path, e.t, e.source, e.state.value, e.error] for e in reversed(events)]
             assert oldest_first == expected["events"]
             builds = await r.builds.recent(0.0, 100)
-            assert [b.to_json() for b in builds] == expected["builds"]
+            # builds recorded before builders existed say so: no builder
+            assert [b.builder for b in builds] == [None] * len(builds)
+            unchanged = [{k: v for k, v in b.to_json().items() if k != "builder"} for b in builds]
+            assert unchanged == expected["builds"]
             info = await r.sources.repository("app")
             assert info is not None and info.recorded_by == "config"
             history = await r.sources.ref_history(info.id)

@@ -94,7 +94,7 @@ async def serve(config: Config) -> None:
     started = time.time()
 
     async with contextlib.AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_store(config.database))
+        store = await stack.enter_async_context(open_store(config.database, config.inbox, config.builder))
         hook_sock, query_sock, activated = stack.enter_context(_sockets(config))
         observer = stack.enter_context(_observer())
 
@@ -104,7 +104,7 @@ async def serve(config: Config) -> None:
         recorder = RefRecorder(store, repositories, git, locks)
         nix = Nix(config.nix_bin_dir)
         learner = ContentLearner(store, nix)
-        indexer = Indexer(store, nix, config.store_dir, learner.wake)
+        indexer = Indexer(store, nix, config.store_dir, learner.wake, config.builder)
         inbox = Inbox(store.events, lambda _: indexer.wake())
         hook_lines = HookLines(inbox, config.store_dir)
         spool = Spool(config.spool_dir, hook_lines.spooled)
@@ -113,7 +113,8 @@ async def serve(config: Config) -> None:
         def activity() -> Activity:
             return Activity(started=started, queued=inbox.depth, received=inbox.received,
                             indexed=indexer.indexed, failed=indexer.failed + hook_lines.rejected,
-                            commit_groups=inbox.groups)
+                            commit_groups=inbox.groups, builder=config.builder,
+                            index_error=indexer.unavailable)
 
         async def current_status() -> Status:
             return await status(store, activity(), config.spool_dir)
@@ -157,7 +158,7 @@ async def serve(config: Config) -> None:
             await query_server.start(query_sock)
             notify(f"READY=1\nSTATUS=serving on {config.hook.path} and {config.query.path}")
             log.info("serving", hook=config.hook.path, query=config.query.path, database=store.location,
-                     pid=os.getpid(), socket_activated=activated)
+                     builder=config.builder, pid=os.getpid(), socket_activated=activated)
 
             await stop.wait()
             notify("STOPPING=1")

@@ -4,6 +4,7 @@ defaults for a system install, checked once at start so a typo fails loudly inst
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,10 +45,17 @@ class Config:
     log_level: str = "info"
     nix_bin_dir: str = ""  # where nix lives; "" means PATH
     idle_timeout: float = 10.0  # seconds a client may stay connected without sending a whole line
+    builder: str = ""  # recorded with each build; parse_config fills in the host name
+
+    @property
+    def inbox(self) -> str:
+        """The local SQLite file that holds the events (and, without PostgreSQL, the index)."""
+        return os.path.join(self.state_dir, "buildref.db")
 
 
 _TOP_KEYS = {"state_dir", "store_dir", "database", "flake_locks", "hook", "query", "repository", "log",
-             "nix_bin_dir", "idle_timeout"}
+             "nix_bin_dir", "idle_timeout", "builder"}
+MAX_BUILDER = 255
 
 
 def _take(table: dict[str, Any], key: str, kind: type, where: str, default: Any) -> Any:
@@ -73,6 +81,15 @@ def _mode(table: dict[str, Any], where: str, default: int) -> int:
             raise BadConfig(f"{where}mode: expected an octal string like \"0600\", got {value!r}") from None
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
         raise BadConfig(f"{where}mode: expected a permission mode like \"0600\", got {value!r}")
+    return value
+
+
+def _builder(data: dict[str, Any]) -> str:
+    """The ``builder`` name: this host's name unless set; printable, without spaces."""
+    value = _take(data, "builder", str, "", "") or socket.gethostname()
+    if not 0 < len(value) <= MAX_BUILDER or not value.isprintable() or any(c.isspace() for c in value):
+        raise BadConfig(f"builder: expected a name of 1 to {MAX_BUILDER} printable characters without"
+                        f" spaces, got {value[:60]!r}")
     return value
 
 
@@ -133,6 +150,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         log_level=log_level,
         nix_bin_dir=_take(data, "nix_bin_dir", str, "", ""),
         idle_timeout=_positive(data, "idle_timeout", 10.0),
+        builder=_builder(data),
     )
     check_url(config.database)  # now rather than at first use
     return config

@@ -299,6 +299,9 @@ class Build(Wire):
     system: str
     built_at: float
     outputs: dict[str, str]  # the outputs found in the store when it was indexed
+    # the ``builder`` setting of the service that recorded it; None: recorded on this machine
+    # before builds carried their builder
+    builder: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,6 +411,7 @@ class WhyPath(Wire):
     built_at: float
     sources: tuple[SourceMatch, ...]
     locked_inputs: tuple[LockedInput, ...]
+    builder: str | None = None  # of the build, as in ``Build``
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,6 +480,17 @@ class DatabaseInfo(Wire):
 
 
 @dataclass(frozen=True, slots=True)
+class IndexLag(Wire):
+    """How far the index is behind the events this service has committed: those still to index
+    (a fleet's shared index catches up after an outage), and whether the index is reachable."""
+
+    events: int = 0  # committed locally, not yet in the index
+    seconds: float = 0.0  # since the oldest of them was received (0: none)
+    reachable: bool = True  # the last attempt to write the index succeeded
+    error: str | None = None  # why it did not, while it does not
+
+
+@dataclass(frozen=True, slots=True)
 class Status(Wire):
     version: str
     pid: int
@@ -488,6 +503,8 @@ class Status(Wire):
     last_event: Event | None
     database: DatabaseInfo
     contents_pending: int = 0  # store paths whose content is still to learn before they can match
+    builder: str = ""  # the name this service records its builds under
+    index_lag: IndexLag = IndexLag()
 
 
 @dataclass(frozen=True, slots=True)

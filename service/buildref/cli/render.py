@@ -9,16 +9,24 @@ from buildref.cli.common import when
 from buildref.models import Build, DerivationInfo, Event, Lookup, Recorded, RefMove, Status, Why, WhyPath
 
 
+def _count(n: int) -> str:
+    return "?" if n < 0 else str(n)
+
+
 def status(s: Status) -> None:
-    e, since, db, last = s.events, s.since_start, s.database, s.last_event
+    e, since, db, last, lag = s.events, s.since_start, s.database, s.last_event, s.index_lag
+    size = "size unknown" if db.bytes < 0 else f"{db.bytes} bytes"
+    behind = f"{lag.events} event(s) behind, the oldest {lag.seconds:.0f} s" if lag.events else "up to date"
     print("\n".join([
-        f"service      buildref {s.version}, pid {s.pid}, up {s.uptime:.0f} s",
+        f"service      buildref {s.version}, pid {s.pid}, up {s.uptime:.0f} s, builder {s.builder}",
         f"queue        {s.queue_depth} event(s) waiting",
         f"events       {e.received} received, {e.indexed} indexed, {e.failed} failed, {e.pending} pending",
         f"since start  {since.received} received, {since.indexed} indexed, {since.failed} failed",
         f"spool        {s.spool_files} file(s)",
-        f"database     {db.path} ({db.bytes} bytes): {db.derivations} derivations, {db.outputs} outputs, "
-        f"{db.builds} builds",
+        f"database     {db.path} ({size}): {_count(db.derivations)} derivations, "
+        f"{_count(db.outputs)} outputs, "
+        f"{_count(db.builds)} builds",
+        f"index        {behind}" + ("" if lag.reachable else f"; unreachable: {lag.error}"),
         "last event   "
         + ("-" if last is None else f"{when(last.received_at)} {last.state.value} {last.drv_path}"),
     ]))
@@ -30,7 +38,8 @@ def _outputs(outputs: dict[str, str]) -> str:
 
 def builds(found: Sequence[Build]) -> None:
     for b in found:
-        print(f"{when(b.built_at)}  {b.drv_path}  {_outputs(b.outputs) or '(no outputs in store)'}")
+        outputs = _outputs(b.outputs) or "(no outputs in store)"
+        print(f"{when(b.built_at)}  {b.builder or '-'}  {b.drv_path}  {outputs}")
 
 
 def events(found: Sequence[Event]) -> None:
@@ -50,7 +59,8 @@ def show(d: DerivationInfo) -> None:
     for path in d.input_srcs:
         print(f"  source   {path}")
     for b in d.builds:
-        print(f"  built    {when(b.built_at)}  {_outputs(b.outputs) or '(no outputs in store)'}")
+        outputs = _outputs(b.outputs) or "(no outputs in store)"
+        print(f"  built    {when(b.built_at)}  {b.builder or '-'}  {outputs}")
 
 
 def recorded(r: Recorded) -> None:
@@ -71,15 +81,16 @@ def lookup(r: Lookup) -> None:
         print(f"no build of {r.rev[:12]} yet; newest built ancestor {r.fallback.rev} "
               f"({r.fallback.commits_behind} commit(s) behind)")
     for b in r.builds:
-        state = "" if b.valid else "  (not in the store any more)"
-        print(f"distance {b.distance}  {b.drv_path}  {_outputs(b.outputs)}{state}")
+        state = "" if b.valid else "  (not in this machine's store)"
+        print(f"distance {b.distance}  {b.builder or '-'}  {b.drv_path}  {_outputs(b.outputs)}{state}")
     if not r.builds:
         print("no builds found")
 
 
 def why(r: Why) -> None:
     if isinstance(r, WhyPath):
-        print(f"{r.path} is output '{r.output}' of {r.drv_path} (built {when(r.built_at)})")
+        print(f"{r.path} is output '{r.output}' of {r.drv_path} (built {when(r.built_at)}"
+              f" by {r.builder or 'this machine'})")
     for s in r.sources:
         where = f"/{s.subdir}" if s.subdir else ""
         print(f"{s.repository}{where} at {s.rev} ({', '.join(s.refs) or 'no ref'}): {s.store_path}")

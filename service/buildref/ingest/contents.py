@@ -47,18 +47,24 @@ class ContentLearner:
 
     async def run(self) -> None:
         """Learn what is pending, then wait to be woken (after a build is recorded)."""
+        failing: str | None = None
         while True:
             self._wake.clear()
             try:
                 paths = await self._store.builds.pending_contents(BATCH)
                 if paths:
                     await self._learn(paths)
-                    continue
             except Exception as e:  # Nix or the index unavailable, or a bug: the paths stay pending
-                self._log.error("contents not learnt; will retry", error=str(e), kind=type(e).__name__)
+                if str(e) != failing:  # once per cause, not once per retry
+                    self._log.error("contents not learnt; will retry", error=str(e), kind=type(e).__name__)
+                failing = str(e)
                 await asyncio.sleep(RETRY_DELAY)
                 continue
-            await self._wake.wait()
+            if failing is not None:
+                self._log.info("learning contents again")
+                failing = None
+            if not paths:
+                await self._wake.wait()
 
     async def _learn(self, paths: list[str]) -> None:
         present = [p for p in paths if os.path.lexists(p)]

@@ -11,13 +11,14 @@ when it names them, else from Nix's realisation records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 
-from buildref.errors import BuildrefError
+from buildref.errors import BuildrefError, StorageError
 from buildref.ingest.prepare import PreparedBuild, inputs_of, prepare_build
 from buildref.localstore import DrvReader
 from buildref.nix.derivation import OutputKind
@@ -26,64 +27,99 @@ from buildref.process import Nix
 from buildref.store.api import BuildRecord, PendingEvent, Realised, Store
 
 BATCH = 64
-RETRY_DELAY = 1.0
+RETRY_DELAY = 0.5  # seconds before trying an unavailable index again, doubled each time ...
+MAX_RETRY_DELAY = 5.0  # ... up to this: how soon indexing resumes once the index is back
 
 
 class Indexer:
-    def __init__(self, store: Store, nix: Nix, store_dir: str, on_contents: Callable[[], None]) -> None:
+    """Indexes pending events in batches: each event is read and verified on its own (a bad one
+    fails alone), then the batch's builds are recorded in one transaction. When the index cannot
+    be written (a fleet's PostgreSQL is away), the events stay pending and the batch is tried
+    again, with backoff: no event ever fails for it."""
+
+    def __init__(self, store: Store, nix: Nix, store_dir: str, on_contents: Callable[[], None],
+                 builder: str | None = None) -> None:
         self._store = store
         self._on_contents = on_contents  # new store paths to learn the content of
         self._nix = nix
         self._store_dir = store_dir
+        self._builder = builder
         self._wake = asyncio.Event()
-        self._stopping = False
+        self._stopped = asyncio.Event()
         self.indexed = 0
         self.failed = 0
+        self.unavailable: str | None = None  # why the index could not be written, while it cannot
         self._log = structlog.get_logger("buildref.indexer")
 
     def wake(self) -> None:
         self._wake.set()
 
     def stop(self) -> None:
-        """Finish the pending events, then return from :meth:`run`."""
-        self._stopping = True
+        """Finish the pending events (unless the index is unavailable), then return from :meth:`run`."""
+        self._stopped.set()
         self._wake.set()
 
     async def run(self) -> None:
+        delay = RETRY_DELAY
         while True:
             self._wake.clear()
             events = await self._store.events.pending(BATCH)
             if not events:
-                if self._stopping:
+                if self._stopped.is_set():
                     return
                 await self._wake.wait()
                 continue
-            for event in events:
-                try:
-                    await self.index(event)
-                except Exception:  # the database itself failed: keep the event, retry later
-                    self._log.exception("indexing failed; retrying later", drv=event.drv)
-                    await asyncio.sleep(RETRY_DELAY)
-                    break
+            try:
+                await self.index_batch(events)
+            except Exception as e:  # the index itself failed: the events stay pending
+                if self.unavailable is None:
+                    self._log.error("index unavailable; events stay pending and are retried",
+                                    error=str(e), kind=type(e).__name__,
+                                    exc_info=not isinstance(e, StorageError))
+                self.unavailable = str(e) if isinstance(e, StorageError) else f"error: {e}"
+                if self._stopped.is_set():
+                    return  # indexed at next start
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+                continue
+            if self.unavailable is not None:
+                self._log.info("index available again")
+                self.unavailable = None
+            delay = RETRY_DELAY
 
-    async def index(self, event: PendingEvent) -> None:
-        start = time.perf_counter()
-        try:
-            new, build = await self._index(event)
-        except (BuildrefError, OSError, RecursionError) as e:
-            error = str(e) if isinstance(e, BuildrefError) else f"error: {e}"
-            await self._store.events.fail(event.id, error)
-            self.failed += 1
-            self._log.warning("event failed", drv=event.drv, error=error)
+    async def index_batch(self, events: Sequence[PendingEvent]) -> None:
+        """Index ``events``; raises (recording nothing) when the index cannot be read or written."""
+        prepared: list[tuple[BuildRecord, int, float]] = []
+        known: dict[str, str] = {}  # modulo hashes of derivations new in this batch
+        for event in events:
+            start = time.perf_counter()
+            try:
+                new, build = await self._index(event, known)
+            except StorageError:
+                raise
+            except (BuildrefError, OSError, RecursionError) as e:
+                error = str(e) if isinstance(e, BuildrefError) else f"error: {e}"
+                await self._store.events.fail(event.id, error)
+                self.failed += 1
+                self._log.warning("event failed", drv=event.drv, error=error)
+                continue
+            known.update((d.path, d.modulo) for d in build.new)
+            prepared.append((build, new, time.perf_counter() - start))
+        if not prepared:
             return
-        self.indexed += 1
-        self._log.info("indexed", drv=event.drv, outputs=dict(build.outputs), new_derivations=new,
-                       ms=round((time.perf_counter() - start) * 1000, 2))
+        await self._store.builds.record([build for build, _, _ in prepared])
+        if any(build.contents for build, _, _ in prepared):
+            self._on_contents()
+        for build, new, seconds in prepared:
+            self.indexed += 1
+            self._log.info("indexed", drv=build.drv_path, outputs=dict(build.outputs), new_derivations=new,
+                           ms=round(seconds * 1000, 2))
 
-    async def _index(self, event: PendingEvent) -> tuple[int, BuildRecord]:
+    async def _index(self, event: PendingEvent, batch: dict[str, str]) -> tuple[int, BuildRecord]:
         reader = DrvReader(self._store_dir)
         top = str(reader.drv_path(event.drv))
-        new, known = await self._unknown_closure(reader, top)
+        new, known = await self._unknown_closure(reader, top, batch)
         prepared = await asyncio.to_thread(prepare_build, reader, top, new, known)
         realised: list[Realised] = []
         built = []
@@ -98,20 +134,23 @@ class Indexer:
             if os.path.lexists(path):
                 built.append((name, path))
         build = BuildRecord(event.id, top, event.t, tuple(built), tuple(prepared.new), tuple(realised),
-                            prepared.contents)
-        await self._store.builds.record([build])
-        if prepared.contents:
-            self._on_contents()
+                            prepared.contents, self._builder)
         return len(prepared.new), build
 
-    async def _known_modulo(self, paths: list[str]) -> dict[str, str]:
-        async with self._store.reading() as reader:
-            return await reader.builds.known_modulo(paths)
+    async def _known_modulo(self, paths: list[str], batch: dict[str, str]) -> dict[str, str]:
+        """The modulo hashes of those of ``paths`` in the index or new in this ``batch``."""
+        found = {p: batch[p] for p in paths if p in batch}
+        rest = [p for p in paths if p not in found]
+        if rest:
+            async with self._store.reading() as reader:
+                found.update(await reader.builds.known_modulo(rest))
+        return found
 
-    async def _unknown_closure(self, reader: DrvReader, top: str) -> tuple[list[str], dict[str, str]]:
-        """The closure of ``top`` down to derivations already indexed (``top`` itself is always
-        read, to verify it), and the stored modulo hashes of the indexed ones at its edge."""
-        known = await self._known_modulo([top])
+    async def _unknown_closure(self, reader: DrvReader, top: str, batch: dict[str, str]
+                               ) -> tuple[list[str], dict[str, str]]:
+        """The closure of ``top`` down to derivations already indexed or new in this batch
+        (``top`` itself is always read, to verify it), and the modulo hashes of those at its edge."""
+        known = await self._known_modulo([top], batch)
         new = [] if top in known else [top]
         seen = {top}
         frontier = [top]
@@ -121,7 +160,7 @@ class Indexer:
             seen.update(fresh)
             if not fresh:
                 break
-            found = await self._known_modulo(fresh)
+            found = await self._known_modulo(fresh, batch)
             known.update(found)
             frontier = [p for p in fresh if p not in found]
             new.extend(frontier)

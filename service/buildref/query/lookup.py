@@ -39,7 +39,7 @@ def valid(outputs: dict[str, str]) -> bool:
 
 def matched(found: IndexedBuild, distance: int) -> MatchedBuild:
     b = found.build
-    return MatchedBuild(b.drv_path, b.name, b.system, b.built_at, b.outputs, distance=distance,
+    return MatchedBuild(b.drv_path, b.name, b.system, b.built_at, b.outputs, b.builder, distance=distance,
                         valid=valid(b.outputs))
 
 

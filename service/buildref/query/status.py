@@ -7,9 +7,10 @@ import time
 from dataclasses import dataclass
 
 from buildref import __version__
+from buildref.errors import StorageError
 from buildref.ingest.spool import spooled
-from buildref.models import DatabaseInfo, SinceStart, Status
-from buildref.store.api import Store
+from buildref.models import DatabaseInfo, IndexLag, SinceStart, Status
+from buildref.store.api import Store, TableCounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,25 +23,40 @@ class Activity:
     indexed: int
     failed: int
     commit_groups: int
+    builder: str = ""
+    index_error: str | None = None  # why the indexer could not write the index, while it cannot
 
 
 async def status(store: Store, activity: Activity, spool_dir: str) -> Status:
+    """The inbox's part always (it is local); the index's part when it can be read (a fleet's
+    shared index may be away: its counts are then -1, and ``indexLag`` says why)."""
+    error = activity.index_error
     async with store.reading() as reader:
         counts = await reader.events.counts()
         last = await reader.events.last()
-        tables = await reader.builds.table_counts()
-        backlog = await reader.builds.content_backlog()
+        oldest = await reader.events.oldest_pending()
+        try:
+            tables: TableCounts | None = await reader.builds.table_counts()
+            backlog = await reader.builds.content_backlog()
+        except StorageError as e:
+            tables, backlog, error = None, -1, str(e)
+    now = time.time()
+    unknown = TableCounts(-1, -1, -1)
+    shown = tables or unknown
     return Status(
         version=__version__,
         pid=os.getpid(),
         started_at=activity.started,
-        uptime=round(time.time() - activity.started, 3),
+        uptime=round(now - activity.started, 3),
         queue_depth=activity.queued + counts.pending,
         events=counts,
         since_start=SinceStart(activity.received, activity.indexed, activity.failed, activity.commit_groups),
         spool_files=len(spooled(spool_dir)),
         last_event=last,
-        database=DatabaseInfo(store.location, store.size(), tables.derivations, tables.outputs,
-                              tables.builds),
+        database=DatabaseInfo(store.location, store.size(), shown.derivations, shown.outputs, shown.builds),
         contents_pending=backlog,
+        builder=activity.builder,
+        index_lag=IndexLag(events=counts.pending,
+                           seconds=0.0 if oldest is None else round(max(0.0, now - oldest), 3),
+                           reachable=error is None, error=error),
     )

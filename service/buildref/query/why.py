@@ -76,7 +76,7 @@ async def _why_path(ctx: QueryContext, path: str, deadline: float) -> WhyPath:
               for w in wanted]
     sources = await _find_all(ctx, wanted, repositories, found.built_at, deadline)
     return WhyPath(path=path, drv_path=found.drv_path, output=found.output, built_at=found.built_at,
-                   sources=sources, locked_inputs=tuple(pins))
+                   sources=sources, locked_inputs=tuple(pins), builder=found.builder)
 
 
 def _pin(pinned: set[tuple[str, str | None]], w: Wanted) -> str | None:

@@ -9,7 +9,7 @@ import os
 
 import structlog
 
-from buildref.errors import BuildrefError
+from buildref.errors import BuildrefError, StorageError
 from buildref.nix.flakelock import parse_lock
 from buildref.nix.storepath import source_path
 from buildref.store.api import LockRecord, Store
@@ -44,10 +44,13 @@ class LockRecorder:
         return len(rows)
 
     async def record_file(self, path: str) -> None:
-        """Read a configured flake.lock; a missing or malformed file is logged, not fatal."""
+        """Read a configured flake.lock; a missing or malformed file is logged, not fatal (an index
+        that cannot be written raises StorageError: the caller tries again later)."""
         try:
             text = await asyncio.to_thread(_read, path)
             count = await self.record_text(path, text)
+        except StorageError:
+            raise
         except (OSError, BuildrefError) as e:
             self._log.error("flake.lock not recorded", path=path, error=str(e))
             return

@@ -12,7 +12,7 @@ from functools import partial
 import structlog
 
 from buildref.config import Repository
-from buildref.errors import BuildrefError, UnknownRevision
+from buildref.errors import BuildrefError, StorageError, UnknownRevision
 from buildref.git.forms import DirForm
 from buildref.git.source import GitRepository
 from buildref.git.tree_nar import TreeRule
@@ -162,6 +162,8 @@ class RefRecorder:
             if text is not None:  # a flake.lock at this revision
                 try:
                     await self._locks.record_text(f"{repo.name}@{rev}:flake.lock", text)
+                except StorageError:
+                    raise
                 except BuildrefError as e:  # a broken flake.lock in history must not stop the refs
                     self._log.warning("flake.lock not recorded", repository=repo.name, rev=rev, error=str(e))
         targets = {ref: rev for ref, (rev, _) in tips.items()}

@@ -11,11 +11,13 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
 
 from buildref.config import Repository
-from buildref.errors import BuildrefError
+from buildref.errors import BuildrefError, StorageError
 from buildref.sources.locks import LockRecorder
 from buildref.sources.recorder import RefRecorder
 
 DEBOUNCE = 0.2  # seconds of quiet before a pass
+RETRY_DELAY = 1.0  # seconds before a pass the index could not take is tried again, doubled each
+MAX_RETRY_DELAY = 30.0  # time up to this
 
 Dirty = asyncio.Queue[tuple[str, str]]  # ("repo", name) or ("lock", path)
 
@@ -68,6 +70,7 @@ class RepoWatcher:
         self._recorder = recorder
         self._locks = locks
         self._dirty: Dirty = asyncio.Queue()  # ("repo", name) or ("lock", path)
+        self._delays: dict[tuple[str, str], float] = {}  # passes waiting for the index to be back
         self._log = structlog.get_logger("buildref.watch")
 
     def watch(self, observer: BaseObserver, loop: asyncio.AbstractEventLoop) -> None:
@@ -95,14 +98,27 @@ class RepoWatcher:
             while not self._dirty.empty():
                 names.add(self._dirty.get_nowait())
             for kind, key in sorted(names):
-                if kind == "lock":
-                    await self._locks.record_file(key)
-                else:
-                    await self._record(key)
+                try:
+                    if kind == "lock":
+                        await self._locks.record_file(key)
+                    else:
+                        await self._record(key)
+                except StorageError as e:  # the index is away: the pass is made again, later
+                    self._retry((kind, key), str(e))
+                    continue
+                self._delays.pop((kind, key), None)
+
+    def _retry(self, item: tuple[str, str], error: str) -> None:
+        delay = self._delays.get(item, RETRY_DELAY)
+        self._delays[item] = min(delay * 2, MAX_RETRY_DELAY)
+        self._log.warning("not recorded; will retry", what=item[0], name=item[1], error=error, seconds=delay)
+        asyncio.get_running_loop().call_later(delay, self._dirty.put_nowait, item)
 
     async def _record(self, name: str) -> None:
         try:
             result = await self._recorder.record(name, None)
+        except StorageError:
+            raise
         except BuildrefError as e:
             self._log.error("recording refs failed", repository=name, error=str(e))
             return

@@ -83,6 +83,7 @@ class BuildRecord:
     new: tuple[DerivationRecord, ...] = ()
     realised: tuple[Realised, ...] = ()
     contents: tuple[str, ...] = ()  # store paths whose content is to be learnt (sources, fixed outputs)
+    builder: str | None = None  # the recording service's ``builder``; a shared index requires one
 
 
 class ContentState(Enum):
@@ -192,6 +193,7 @@ class BuiltOutput:
     drv_path: str
     output: str
     built_at: float
+    builder: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +218,8 @@ class EventLog(Protocol):
 class BuildIndex(Protocol):
     async def record(self, builds: Sequence[BuildRecord]) -> None:
         """In one transaction, for each build: its new derivations, the outputs now known, the
-        build, its event marked indexed, and the store paths whose content is still to learn."""
+        build, its event marked indexed, and the store paths whose content is still to learn.
+        Idempotent: a build recorded again (the same builder, derivation and time) is one build."""
 
     async def pending_contents(self, limit: int) -> list[str]: ...
 
@@ -249,6 +252,9 @@ class EventQueries(Protocol):
     async def by_keys(self, keys: Sequence[tuple[str, float]]) -> list[Event]: ...
 
     async def newest(self, state: EventState | None, limit: int) -> list[Event]: ...
+
+    async def oldest_pending(self) -> float | None:
+        """When the oldest event still to index was received (None: none is)."""
 
 
 class BuildQueries(Protocol):

@@ -71,8 +71,9 @@ class SqliteBuildIndex:
                 [(r.path, ids[r.drv], r.output) for r in realised],
             )
             await conn.executemany(
-                "INSERT INTO builds (event_id, drv_id, built_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                [(b.event_id, ids[b.drv_path], b.built_at) for b in builds],
+                "INSERT INTO builds (event_id, drv_id, built_at, builder) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(b.event_id, ids[b.drv_path], b.built_at, b.builder) for b in builds],
             )
             await conn.executemany(
                 "INSERT INTO build_outputs (event_id, name, path) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
@@ -116,26 +117,26 @@ class SqliteBuildQueries:
     async def recent(self, since: float, limit: int) -> list[Build]:
         found = await rows(
             self._conn,
-            "SELECT b.event_id, d.path, d.name, d.system, b.built_at FROM builds b"
+            "SELECT b.event_id, d.path, d.name, d.system, b.built_at, b.builder FROM builds b"
             " JOIN derivations d ON d.id = b.drv_id WHERE b.built_at >= ?"
             " ORDER BY b.built_at DESC, b.event_id DESC LIMIT ?", (since, limit))
         outputs = await self._outputs_of(row[0] for row in found)
-        return [Build(path, name, system, built_at, outputs[event_id])
-                for event_id, path, name, system, built_at in found]
+        return [Build(path, name, system, built_at, outputs[event_id], builder)
+                for event_id, path, name, system, built_at, builder in found]
 
     async def newest_builds(self, drv_ids: Collection[int]) -> list[IndexedBuild]:
         found = await rows_in(
             self._conn,
-            "SELECT b.drv_id, d.path, d.name, d.system, max(b.built_at), b.event_id FROM builds b"
+            "SELECT b.drv_id, d.path, d.name, d.system, max(b.built_at), b.event_id, b.builder FROM builds b"
             " JOIN derivations d ON d.id = b.drv_id WHERE b.drv_id IN ({marks}) GROUP BY b.drv_id", drv_ids)
         outputs = await self._outputs_of(row[5] for row in found)
-        return [IndexedBuild(drv_id, Build(path, name, system, built_at, outputs[event_id]))
-                for drv_id, path, name, system, built_at, event_id in found]
+        return [IndexedBuild(drv_id, Build(path, name, system, built_at, outputs[event_id], builder))
+                for drv_id, path, name, system, built_at, event_id, builder in found]
 
     async def producer(self, path: str) -> BuiltOutput | None:
         found = await rows(
             self._conn,
-            "SELECT b.drv_id, d.path, o.name, b.built_at FROM build_outputs o"
+            "SELECT b.drv_id, d.path, o.name, b.built_at, b.builder FROM build_outputs o"
             " JOIN builds b ON b.event_id = o.event_id JOIN derivations d ON d.id = b.drv_id"
             " WHERE o.path = ? ORDER BY b.built_at DESC LIMIT 1", (path,))
         return BuiltOutput(*found[0]) if found else None
@@ -213,16 +214,17 @@ class SqliteBuildQueries:
                                         " JOIN derivations d ON d.id = e.input_id WHERE e.drv_id = ?"
                                         " ORDER BY d.path", (drv_id,))
         srcs = await rows(self._conn, "SELECT path FROM src_inputs WHERE drv_id = ? ORDER BY path", (drv_id,))
-        built = await rows(self._conn, "SELECT event_id, built_at FROM builds WHERE drv_id = ?"
+        built = await rows(self._conn, "SELECT event_id, built_at, builder FROM builds WHERE drv_id = ?"
                                        " ORDER BY built_at DESC, event_id DESC", (drv_id,))
-        build_outputs = await self._outputs_of(event_id for event_id, _ in built)
+        build_outputs = await self._outputs_of(event_id for event_id, _, _ in built)
         return DerivationInfo(
             drv_path=path, name=name, system=system,
             fixed=FixedOutput(mode, fixed_hash) if mode else None,
             outputs=outputs,
             input_drvs={p: tuple(outs.split()) for p, outs in inputs},
             input_srcs=tuple(p for (p,) in srcs),
-            builds=tuple(Build(path, name, system, at, build_outputs[event_id]) for event_id, at in built),
+            builds=tuple(Build(path, name, system, at, build_outputs[event_id], builder)
+                         for event_id, at, builder in built),
         )
 
     async def table_counts(self) -> TableCounts:

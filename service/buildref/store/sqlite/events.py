@@ -54,6 +54,12 @@ class SqliteEventLog:
             await conn.execute("UPDATE events SET state = 'failed', error = ?, indexed_at = ? WHERE id = ?",
                                (error, time.time(), event_id))
 
+    async def indexed(self, event_ids: Sequence[int]) -> None:
+        """Mark events indexed whose builds another index holds (a fleet's shared index)."""
+        async with self._db.transaction() as conn:
+            await conn.executemany("UPDATE events SET state = 'indexed', error = NULL, indexed_at = ?"
+                                   " WHERE id = ?", [(time.time(), i) for i in event_ids])
+
 
 class SqliteEventQueries:
     def __init__(self, conn: aiosqlite.Connection) -> None:
@@ -82,6 +88,11 @@ class SqliteEventQueries:
                     found.append(_event(row))
                     wanted.discard((row[1], row[2]))
         return found
+
+    async def oldest_pending(self) -> float | None:
+        found = await rows(self._conn, "SELECT received_at FROM events WHERE state = 'pending'"
+                                       " ORDER BY id LIMIT 1")
+        return float(found[0][0]) if found else None
 
     async def newest(self, state: EventState | None, limit: int) -> list[Event]:
         if state is None:

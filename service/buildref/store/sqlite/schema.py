@@ -174,6 +174,9 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT o.path, 'pending' FROM outputs o JOIN derivations d ON d.id = o.drv_id
         WHERE d.fixed_mode = 'recursive' AND o.path IS NOT NULL;
     """,
+    # 4: builds carry the ``builder`` of the service that recorded them. Builds recorded before
+    # keep NULL: "this machine, before builders existed" (the setting then in force is not known).
+    "ALTER TABLE builds ADD COLUMN builder TEXT;",
 )
 
 
