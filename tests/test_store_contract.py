@@ -117,7 +117,7 @@ class PostgresBackend:
         with pytest.raises(StorageError, match="read-only transaction"):
             await reader.builds._conn.fetch("DELETE FROM derivations")
         with pytest.raises(sqlite3.OperationalError, match="readonly"):  # the local inbox
-            await reader.events._conn.execute("DELETE FROM events")
+            await (await reader.events._snapshot())._conn.execute("DELETE FROM events")
 
 
 Backend = SqliteBackend | PostgresBackend

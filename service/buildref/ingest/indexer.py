@@ -24,7 +24,7 @@ from buildref.localstore import DrvReader
 from buildref.nix.derivation import OutputKind
 from buildref.nix.storepath import StorePath, output_path_name
 from buildref.process import Nix
-from buildref.store.api import BuildRecord, PendingEvent, Realised, Store
+from buildref.store.api import BuildRecord, DerivationRecord, PendingEvent, Realised, Store
 
 BATCH = 64
 RETRY_DELAY = 0.5  # seconds before trying an unavailable index again, doubled each time ...
@@ -91,11 +91,13 @@ class Indexer:
     async def index_batch(self, events: Sequence[PendingEvent]) -> None:
         """Index ``events``; raises (recording nothing) when the index cannot be read or written."""
         prepared: list[tuple[BuildRecord, int, float]] = []
-        known: dict[str, str] = {}  # modulo hashes of derivations new in this batch
+        reader = DrvReader(self._store_dir)  # each file read once per batch
+        known = _Known(self._store)
+        await known.prefetch(reader, [e.drv for e in events])
         for event in events:
             start = time.perf_counter()
             try:
-                new, build = await self._index(event, known)
+                new, build = await self._index(reader, event, known)
             except StorageError:
                 raise
             except (BuildrefError, OSError, RecursionError) as e:
@@ -104,7 +106,7 @@ class Indexer:
                 self.failed += 1
                 self._log.warning("event failed", drv=event.drv, error=error)
                 continue
-            known.update((d.path, d.modulo) for d in build.new)
+            known.add(build.new)
             prepared.append((build, new, time.perf_counter() - start))
         if not prepared:
             return
@@ -116,8 +118,7 @@ class Indexer:
             self._log.info("indexed", drv=build.drv_path, outputs=dict(build.outputs), new_derivations=new,
                            ms=round(seconds * 1000, 2))
 
-    async def _index(self, event: PendingEvent, batch: dict[str, str]) -> tuple[int, BuildRecord]:
-        reader = DrvReader(self._store_dir)
+    async def _index(self, reader: DrvReader, event: PendingEvent, batch: _Known) -> tuple[int, BuildRecord]:
         top = str(reader.drv_path(event.drv))
         new, known = await self._unknown_closure(reader, top, batch)
         prepared = await asyncio.to_thread(prepare_build, reader, top, new, known)
@@ -137,20 +138,11 @@ class Indexer:
                             prepared.contents, self._builder)
         return len(prepared.new), build
 
-    async def _known_modulo(self, paths: list[str], batch: dict[str, str]) -> dict[str, str]:
-        """The modulo hashes of those of ``paths`` in the index or new in this ``batch``."""
-        found = {p: batch[p] for p in paths if p in batch}
-        rest = [p for p in paths if p not in found]
-        if rest:
-            async with self._store.reading() as reader:
-                found.update(await reader.builds.known_modulo(rest))
-        return found
-
-    async def _unknown_closure(self, reader: DrvReader, top: str, batch: dict[str, str]
+    async def _unknown_closure(self, reader: DrvReader, top: str, batch: _Known
                                ) -> tuple[list[str], dict[str, str]]:
         """The closure of ``top`` down to derivations already indexed or new in this batch
         (``top`` itself is always read, to verify it), and the modulo hashes of those at its edge."""
-        known = await self._known_modulo([top], batch)
+        known = await batch.of([top])
         new = [] if top in known else [top]
         seen = {top}
         frontier = [top]
@@ -160,7 +152,7 @@ class Indexer:
             seen.update(fresh)
             if not fresh:
                 break
-            found = await self._known_modulo(fresh, batch)
+            found = await batch.of(fresh)
             known.update(found)
             frontier = [p for p in fresh if p not in found]
             new.extend(frontier)
@@ -204,3 +196,43 @@ class Indexer:
             found[name] = path
         return found
 
+
+
+class _Known:
+    """Modulo hashes of derivations for one batch: each path asked of the index at most once (the
+    batch's tops and their inputs in one question), and those new in the batch."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._modulo: dict[str, str] = {}
+        self._absent: set[str] = set()
+
+    async def of(self, paths: list[str]) -> dict[str, str]:
+        ask = [p for p in dict.fromkeys(paths) if p not in self._modulo and p not in self._absent]
+        if ask:
+            async with self._store.reading() as reader:
+                found = await reader.builds.known_modulo(ask)
+            self._modulo.update(found)
+            self._absent.update(p for p in ask if p not in found)
+        return {p: self._modulo[p] for p in paths if p in self._modulo}
+
+    def add(self, records: Sequence[DerivationRecord]) -> None:
+        for d in records:
+            self._modulo[d.path] = d.modulo
+            self._absent.discard(d.path)
+
+    async def prefetch(self, reader: DrvReader, drvs: list[str]) -> None:
+        """Ask for the batch's derivations and their inputs at once (what cannot be read here is
+        reported when its event is indexed)."""
+        await self.of(await asyncio.to_thread(_tops_and_inputs, reader, drvs))
+
+
+def _tops_and_inputs(reader: DrvReader, drvs: list[str]) -> list[str]:
+    found: list[str] = []
+    for drv in drvs:
+        try:
+            top = str(reader.drv_path(drv))
+            found += [top, *inputs_of(reader, [top])]
+        except (BuildrefError, OSError, RecursionError):
+            continue
+    return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from buildref.errors import StorageError
 from buildref.ingest.spool import spooled
 from buildref.models import DatabaseInfo, IndexLag, SinceStart, Status
 from buildref.store.api import Store, TableCounts
+
+INDEX_TIMEOUT = 3.0  # seconds status waits for a (shared, remote) index's counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +39,14 @@ async def status(store: Store, activity: Activity, spool_dir: str) -> Status:
         last = await reader.events.last()
         oldest = await reader.events.oldest_pending()
         try:
-            tables: TableCounts | None = await reader.builds.table_counts()
-            backlog = await reader.builds.content_backlog()
+            async with asyncio.timeout(INDEX_TIMEOUT):
+                tables: TableCounts | None = await reader.builds.table_counts()
+                backlog = await reader.builds.content_backlog()
         except StorageError as e:
             tables, backlog, error = None, -1, str(e)
+        except TimeoutError:
+            tables, backlog = None, -1
+            error = f"error: the index did not answer within {INDEX_TIMEOUT:.0f} s"
     now = time.time()
     unknown = TableCounts(-1, -1, -1)
     shown = tables or unknown

@@ -8,7 +8,7 @@ unique by builder, derivation and time). While PostgreSQL is away, events stay p
 nothing is failed or spooled for it — and are shipped when it is back.
 
 Reads of the inbox (event counts, ``events``) come from local SQLite, everything else from
-PostgreSQL: one ``reading()`` block is one snapshot of each.
+PostgreSQL: one ``reading()`` block is one snapshot of each, each taken at its first query.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
+from buildref.models import Event, EventCounts, EventState
 from buildref.store.api import BuildRecord, ContentRecord
 from buildref.store.postgres import PgIndex
 from buildref.store.postgres.builds import PgBuildQueries
@@ -40,8 +41,38 @@ class FleetBuildIndex:
         await self._index.builds.record_contents(contents)
 
 
+class LocalEvents:
+    """The inbox's queries over one local snapshot, taken at the first of them: most readings
+    (every lookup) ask nothing of the inbox."""
+
+    def __init__(self, inbox: SqliteStore, stack: contextlib.AsyncExitStack) -> None:
+        self._inbox = inbox
+        self._stack = stack
+        self._queries: SqliteEventQueries | None = None
+
+    async def _snapshot(self) -> SqliteEventQueries:
+        if self._queries is None:
+            self._queries = (await self._stack.enter_async_context(self._inbox.reading())).events
+        return self._queries
+
+    async def counts(self) -> EventCounts:
+        return await (await self._snapshot()).counts()
+
+    async def last(self) -> Event | None:
+        return await (await self._snapshot()).last()
+
+    async def by_keys(self, keys: Sequence[tuple[str, float]]) -> list[Event]:
+        return await (await self._snapshot()).by_keys(keys)
+
+    async def newest(self, state: EventState | None, limit: int) -> list[Event]:
+        return await (await self._snapshot()).newest(state, limit)
+
+    async def oldest_pending(self) -> float | None:
+        return await (await self._snapshot()).oldest_pending()
+
+
 class FleetReader:
-    def __init__(self, events: SqliteEventQueries, builds: PgBuildQueries, sources: PgSourceQueries) -> None:
+    def __init__(self, events: LocalEvents, builds: PgBuildQueries, sources: PgSourceQueries) -> None:
         self.events = events
         self.builds = builds
         self.sources = sources
@@ -67,8 +98,8 @@ class FleetStore:
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[FleetReader]:
-        async with self._inbox.reading() as local, self._index.reading() as shared:
-            yield FleetReader(local.events, shared.builds, shared.sources)
+        async with contextlib.AsyncExitStack() as stack, self._index.reading() as shared:
+            yield FleetReader(LocalEvents(self._inbox, stack), shared.builds, shared.sources)
 
     def size(self) -> int:
         return -1  # the shared index's size is the server's to tell

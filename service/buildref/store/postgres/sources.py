@@ -138,14 +138,13 @@ class PgSourceQueries:
         return [RevisionInfo(*row) for row in found]
 
     async def ref_target(self, repo_id: int, names: Sequence[str], at: float) -> tuple[str, str] | None:
-        for name in names:
-            found = await self._conn.fetchrow(
-                "SELECT v.rev FROM ref_moves m LEFT JOIN revisions v ON v.id = m.rev_id"
-                " WHERE m.repo_id = $1 AND m.ref = $2 AND m.seen_at <= $3 ORDER BY m.seen_at DESC, m.id DESC"
-                " LIMIT 1", repo_id, name, at)
-            if found is not None and found[0] is not None:
-                return name, found[0]
-        return None
+        # every name's latest move in one round trip, each by index (a LIMIT 1 per name)
+        found = await self._conn.fetch(
+            "SELECT n.ref, (SELECT v.rev FROM ref_moves m LEFT JOIN revisions v ON v.id = m.rev_id"
+            " WHERE m.repo_id = $1 AND m.ref = n.ref AND m.seen_at <= $3"
+            " ORDER BY m.seen_at DESC, m.id DESC LIMIT 1)"
+            " FROM unnest($2::text[]) WITH ORDINALITY AS n (ref, i) ORDER BY n.i", repo_id, list(names), at)
+        return next(((name, rev) for name, rev in found if rev is not None), None)
 
     async def revs_with_prefix(self, repo_id: int, prefix: str) -> list[str]:
         found = await self._conn.fetch("SELECT rev FROM revisions WHERE repo_id = $1 AND rev >= $2"
