@@ -94,10 +94,18 @@ class Indexer:
         reader = DrvReader(self._store_dir)  # each file read once per batch
         known = _Known(self._store)
         await known.prefetch(reader, [e.drv for e in events])
-        for event in events:
+        # the steady state, where each closure stops at derivations already known, in one thread
+        quick = await asyncio.to_thread(known.prepare_all, reader, [e.drv for e in events])
+        for (first, seconds), event in zip(quick, events, strict=True):
             start = time.perf_counter()
             try:
-                new, build = await self._index(reader, event, known)
+                if isinstance(first, BaseException):
+                    raise first
+                if first is None:  # the index is to be asked about more of its closure
+                    build = await self._index(reader, event, known)
+                else:
+                    known.add(first.new)
+                    build = await self._build(event, first)
             except StorageError:
                 raise
             except (BuildrefError, OSError, RecursionError) as e:
@@ -107,7 +115,7 @@ class Indexer:
                 self._log.warning("event failed", drv=event.drv, error=error)
                 continue
             known.add(build.new)
-            prepared.append((build, new, time.perf_counter() - start))
+            prepared.append((build, len(build.new), seconds + time.perf_counter() - start))
         if not prepared:
             return
         await self._store.builds.record([build for build, _, _ in prepared])
@@ -118,10 +126,14 @@ class Indexer:
             self._log.info("indexed", drv=build.drv_path, outputs=dict(build.outputs), new_derivations=new,
                            ms=round(seconds * 1000, 2))
 
-    async def _index(self, reader: DrvReader, event: PendingEvent, batch: _Known) -> tuple[int, BuildRecord]:
+    async def _index(self, reader: DrvReader, event: PendingEvent, batch: _Known) -> BuildRecord:
         top = str(reader.drv_path(event.drv))
         new, known = await self._unknown_closure(reader, top, batch)
-        prepared = await asyncio.to_thread(prepare_build, reader, top, new, known)
+        return await self._build(event, await asyncio.to_thread(prepare_build, reader, top, new, known))
+
+    async def _build(self, event: PendingEvent, prepared: PreparedBuild) -> BuildRecord:
+        """The build of a prepared event: its outputs found in the store (floating ones too)."""
+        top = prepared.path
         realised: list[Realised] = []
         built = []
         floating = {name for name, path in prepared.outputs.items() if path is None}
@@ -134,9 +146,8 @@ class Indexer:
                 realised.append(Realised(top, name, path))
             if os.path.lexists(path):
                 built.append((name, path))
-        build = BuildRecord(event.id, top, event.t, tuple(built), tuple(prepared.new), tuple(realised),
-                            prepared.contents, self._builder)
-        return len(prepared.new), build
+        return BuildRecord(event.id, top, event.t, tuple(built), tuple(prepared.new), tuple(realised),
+                           prepared.contents, self._builder)
 
     async def _unknown_closure(self, reader: DrvReader, top: str, batch: _Known
                                ) -> tuple[list[str], dict[str, str]]:
@@ -220,6 +231,29 @@ class _Known:
         for d in records:
             self._modulo[d.path] = d.modulo
             self._absent.discard(d.path)
+
+    def prepare_all(self, reader: DrvReader, drvs: list[str]
+                    ) -> list[tuple[PreparedBuild | BaseException | None, float]]:
+        """Each of ``drvs`` prepared (runs in a thread), with the seconds it took, when its closure
+        stops at derivations known now (its inputs); None when the index is to be asked more."""
+        results: list[tuple[PreparedBuild | BaseException | None, float]] = []
+        modulo = dict(self._modulo)  # and the derivations new in this batch, as they are prepared
+        for drv in drvs:
+            start = time.perf_counter()
+            try:
+                top = str(reader.drv_path(drv))
+                inputs = inputs_of(reader, [top])
+                if (top not in modulo and top not in self._absent) or any(p not in modulo for p in inputs):
+                    results.append((None, 0.0))
+                    continue
+                known = {p: modulo[p] for p in (top, *inputs) if p in modulo}
+                prepared = prepare_build(reader, top, [] if top in modulo else [top], known)
+            except (BuildrefError, OSError, RecursionError) as e:
+                results.append((e, 0.0))
+                continue
+            modulo.update((d.path, d.modulo) for d in prepared.new)
+            results.append((prepared, time.perf_counter() - start))
+        return results
 
     async def prefetch(self, reader: DrvReader, drvs: list[str]) -> None:
         """Ask for the batch's derivations and their inputs at once (what cannot be read here is

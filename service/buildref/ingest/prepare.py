@@ -26,6 +26,7 @@ class PreparedBuild:
     # hashDerivationModulo with outputs masked: the key of Nix's realisations of floating and
     # deferred outputs (None when every output path is known from the drv itself)
     realisation_key: DrvHash | None
+    path: str  # the built derivation's
 
 
 def _fixed(outputs: tuple[Output, ...]) -> tuple[str | None, str | None]:
@@ -92,7 +93,7 @@ def prepare_build(reader: DrvReader, top: str, new: list[str], known: dict[str, 
     key = hasher.modulo(drv, mask_outputs=True) if unknown and not drv.is_impure else None
     if _fixed(drv.outputs)[0] == "recursive":  # built now: its output is there to learn, if it was not
         contents += [p for p in outputs.values() if p]
-    return PreparedBuild(records, drv, outputs, tuple(dict.fromkeys(contents)), key)
+    return PreparedBuild(records, drv, outputs, tuple(dict.fromkeys(contents)), key, top)
 
 
 def inputs_of(reader: DrvReader, paths: list[str]) -> list[str]:
