@@ -78,14 +78,21 @@ async def builds_in_index(url: str) -> int:
         await conn.close()
 
 
-async def wait_for_index(url: str, total: int, timeout: float = 1800) -> float:
-    """Seconds until the shared index holds ``total`` builds."""
+async def wait_for_index(url: str, total: int, timeout: float = 1800) -> tuple[float, float, int]:
+    """Seconds until the shared index holds ``total`` builds, the seconds from the first count
+    that grew, and the count before it."""
     start = time.perf_counter()
+    before = await builds_in_index(url)
+    first: float | None = None
     while (count := await builds_in_index(url)) < total:
-        if time.perf_counter() - start > timeout:
+        now = time.perf_counter()
+        if first is None and count > before:
+            first, before = now, count
+        if now - start > timeout:
             raise SystemExit(f"only {count} of {total} builds in the shared index after {timeout} s")
         await asyncio.sleep(PROGRESS_EVERY)
-    return time.perf_counter() - start
+    end = time.perf_counter()
+    return end - start, end - (first or start), before
 
 
 def check_caught_up(services: list[ServiceProcess], expected: int) -> None:
@@ -136,7 +143,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1000, help="events per service, per phase")
     parser.add_argument("--derivations", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=32, help="concurrent hook connections in all")
-    parser.add_argument("--log-level", default="info", help="the services' log level (info: a line per build)")
+    parser.add_argument("--log-level", default="info", help="the services' log level (info: a line a build)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="brf", dir="/tmp"))
     server = PostgresServer(durable=True).start()
@@ -160,7 +167,7 @@ def main() -> None:
         async def live() -> tuple[float, float]:
             shipped = asyncio.create_task(wait_for_index(url, total))
             acked = await send(services, drvs, args.events, args.clients, 1_000_000.0)
-            return acked, await shipped
+            return acked, (await shipped)[0]
         acked, shipped = asyncio.run(live())
         check_caught_up(services, args.events)
         print(f"{'live: acknowledged (local durable commits)':<52} {total / acked:8.0f} events/s")
@@ -173,10 +180,11 @@ def main() -> None:
         print(f"{'outage: acknowledged with PostgreSQL stopped':<52} {total / acked:8.0f} events/s, "
               f"{spooled} spooled")
         server.start()
-        shipped = asyncio.run(wait_for_index(url, 2 * total))
+        shipped, flowing, first = asyncio.run(wait_for_index(url, 2 * total))
         check_caught_up(services, 2 * args.events)
         print(f"{'catch-up: shipped once PostgreSQL is back':<52} {total / shipped:8.0f} events/s"
-              "   (includes the indexers' retry backoff, <= 5 s)")
+              f"   (in {shipped:.1f} s, of which the indexers' retry backoff <= 5 s)")
+        print(f"{'catch-up: from the first shipped':<52} {(2 * total - first) / flowing:8.0f} events/s")
         for svc in services:
             svc.stop()
         services = []

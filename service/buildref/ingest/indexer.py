@@ -27,6 +27,7 @@ from buildref.process import Nix
 from buildref.store.api import BuildRecord, DerivationRecord, PendingEvent, Realised, Store
 
 BATCH = 64
+LINGER = 0.02  # seconds the indexer waits, once woken, for more events to index with the first
 RETRY_DELAY = 0.5  # seconds before trying an unavailable index again, doubled each time ...
 MAX_RETRY_DELAY = 5.0  # ... up to this: how soon indexing resumes once the index is back
 
@@ -68,6 +69,9 @@ class Indexer:
                 if self._stopped.is_set():
                     return
                 await self._wake.wait()
+                # under load more events arrive meanwhile: one batch (one transaction) takes them
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), LINGER)
                 continue
             try:
                 await self.index_batch(events)
