@@ -47,7 +47,11 @@ def test_two_builders_see_each_others_builds(nix: Nix, pg_server: PostgresServer
         assert found["rev"] == v1
         assert [(b["drvPath"], b["builder"], b["outputs"]) for b in found["builds"]] == [
             (built_app[0]["drvPath"], "ci-1", built_app[0]["outputs"])]
+        # (ci-2 answers from what is recorded: a path ci-1 recorded is on ci-1's machine)
         why = ci2.call("why", {"what": built_app[0]["outputs"]["out"]})
+        assert (why["drvPath"], why["builder"]) == (built_app[0]["drvPath"], "ci-1")
+        assert why["sources"] == []  # ci-1's checkout is not searched from ci-2's machine
+        why = ci1.call("why", {"what": built_app[0]["outputs"]["out"]})
         assert why["builder"] == "ci-1" and why["sources"][0]["rev"] == v1
 
         # every service lists every builder's builds; each has only its own events

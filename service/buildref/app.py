@@ -101,7 +101,7 @@ async def serve(config: Config) -> None:
         repositories = Repositories(config.repositories, os.path.join(config.state_dir, "mirrors"))
         locks = LockRecorder(store, config.flake_locks, config.store_dir)
         git = GitWork(config.store_dir)
-        recorder = RefRecorder(store, repositories, git, locks)
+        recorder = RefRecorder(store, repositories, git, locks, config.builder)
         nix = Nix(config.nix_bin_dir)
         learner = ContentLearner(store, nix)
         indexer = Indexer(store, nix, config.store_dir, learner.wake, config.builder)
@@ -119,7 +119,7 @@ async def serve(config: Config) -> None:
         async def current_status() -> Status:
             return await status(store, activity(), config.spool_dir)
 
-        queries = QueryContext(store, repositories, git, config.store_dir)
+        queries = QueryContext(store, repositories, git, config.store_dir, config.builder)
         services = Services(queries, recorder, current_status)
 
         def on_query_error(what: str, e: BaseException) -> None:

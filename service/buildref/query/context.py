@@ -22,6 +22,7 @@ class QueryContext:
     repositories: Repositories
     git: GitWork
     store_dir: str
+    builder: str | None = None  # this service's: a path another builder recorded is on its machine
 
 
 async def recorded_repository(ctx: QueryContext, reader: Reader, spec: str) -> RepositoryInfo:
@@ -37,8 +38,15 @@ async def recorded_repository(ctx: QueryContext, reader: Reader, spec: str) -> R
     return info
 
 
-def at_hand(info: RepositoryInfo) -> Repository | None:
-    """The repository on disk, if it is still there (a recorded path may have gone)."""
+def at_hand(ctx: QueryContext, info: RepositoryInfo) -> Repository | None:
+    """The repository on this machine, if it is here: as configured here, else at the recorded
+    path when this machine recorded it (in a fleet, another builder's path is on its machine, and a
+    directory of that name here may be another repository) and it is still there."""
+    configured = next((r for r in ctx.repositories.configured if r.name == info.name), None)
+    if configured is not None:
+        return configured if os.path.isdir(configured.path) else None
+    if info.builder is not None and info.builder != ctx.builder:
+        return None
     if not os.path.isdir(info.path):
         return None
     return Repository(info.name, info.path, info.url)

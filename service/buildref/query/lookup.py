@@ -174,7 +174,7 @@ async def _resolve(ctx: QueryContext, reader: Reader, info: RepositoryInfo, repo
 async def lookup(ctx: QueryContext, p: LookupParams) -> Lookup:
     async with ctx.store.reading() as reader:
         info = await recorded_repository(ctx, reader, p.repo)
-        repo = at_hand(info)
+        repo = at_hand(ctx, info)
         ref_name, rev = await _resolve(ctx, reader, info, repo, p.ref, p.at)
     revision = await _revision(ctx, info, repo, rev)
     joined = await join(ctx, info, revision, p.direct, p.name)

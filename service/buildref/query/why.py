@@ -130,7 +130,7 @@ async def _find_all(ctx: QueryContext, wanted: Sequence[Wanted], repositories: S
     found: dict[tuple[str, str, str, str], tuple[tuple[object, ...], SourceMatch]] = {}
     for w in wanted:
         for info in repositories:
-            repo = at_hand(info)
+            repo = at_hand(ctx, info)
             if repo is None or w.form is None or time.monotonic() > deadline:
                 continue
             try:

@@ -117,8 +117,10 @@ def ref_moves(current: dict[str, str | None], targets: dict[str, str], complete:
 
 
 class RefRecorder:
-    def __init__(self, store: Store, repositories: Repositories, git: GitWork, locks: LockRecorder) -> None:
+    def __init__(self, store: Store, repositories: Repositories, git: GitWork, locks: LockRecorder,
+                 builder: str | None = None) -> None:
         self._store = store
+        self._builder = builder
         self._repositories = repositories
         self._git = git
         self._locks = locks
@@ -168,7 +170,7 @@ class RefRecorder:
                     self._log.warning("flake.lock not recorded", repository=repo.name, rev=rev, error=str(e))
         targets = {ref: rev for ref, (rev, _) in tips.items()}
         moves = ref_moves(current, targets, complete=refs is None)
-        record = RepositoryRecord(repo.name, repo.path, repo.url, recorded_by)
+        record = RepositoryRecord(repo.name, repo.path, repo.url, recorded_by, self._builder)
         await self._store.sources.record_revisions(record, revisions, forms, trees, moves)
         return Recorded(repository=repo.name, refs={ref: rev for ref, (rev, _) in sorted(tips.items())},
                         moved=tuple(moves), revisions_indexed=len(revisions), sources_indexed=len(trees))

@@ -134,6 +134,9 @@ class RepositoryRecord:
     path: str
     url: str | None
     recorded_by: str | None = "config"  # "config", or the uid that had it recorded
+    # the builder whose machine ``path`` is on: a fleet's shared index keeps it (a path on one
+    # builder means nothing on another); a single machine's index may leave it out
+    builder: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,7 @@ class RepositoryInfo:
     path: str
     url: str | None
     recorded_by: str | None
+    builder: str | None = None  # whose machine ``path`` is on (None: this one)
 
 
 @dataclass(frozen=True, slots=True)

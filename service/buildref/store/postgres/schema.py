@@ -84,7 +84,8 @@ CREATE TABLE repositories (
     name TEXT COLLATE "C" NOT NULL UNIQUE,
     path TEXT NOT NULL,
     url TEXT,
-    recorded_by TEXT              -- 'config', or the uid that had it recorded
+    recorded_by TEXT,             -- 'config', or the uid that had it recorded
+    builder TEXT                  -- the builder that recorded it last: `path` is on its machine
 );
 CREATE TABLE revisions (
     id BIGSERIAL PRIMARY KEY,

@@ -21,7 +21,7 @@ from buildref.store.api import (
 from buildref.store.postgres.builds import _columns
 from buildref.store.postgres.database import Conn, PgDatabase, Snapshot
 
-_REPOSITORY = "id, name, path, url, recorded_by"
+_REPOSITORY = "id, name, path, url, recorded_by, builder"
 _REVISION = "id, repo_id, rev, commit_time, root_export_ignore, root_raw"
 _TREE = "form, raw, nar_hash, nar_size, files, identifying"
 
@@ -52,10 +52,10 @@ class PgSourceIndex:
         async def work(conn: Conn) -> None:
             await _lock(conn, f"repository:{repo.name}")
             repo_id = await conn.fetchval(
-                "INSERT INTO repositories (name, path, url, recorded_by) VALUES ($1, $2, $3, $4)"
+                "INSERT INTO repositories (name, path, url, recorded_by, builder) VALUES ($1, $2, $3, $4, $5)"
                 " ON CONFLICT (name) DO UPDATE SET path = excluded.path, url = excluded.url,"
-                " recorded_by = excluded.recorded_by RETURNING id",
-                repo.name, repo.path, repo.url, repo.recorded_by)
+                " recorded_by = excluded.recorded_by, builder = excluded.builder RETURNING id",
+                repo.name, repo.path, repo.url, repo.recorded_by, repo.builder)
             if revision_rows:
                 await conn.execute(
                     "INSERT INTO revisions (repo_id, rev, commit_time, root_export_ignore, root_raw)"
