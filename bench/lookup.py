@@ -35,7 +35,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from buildref.models import RefChange
 from buildref.store.api import (
@@ -105,7 +104,7 @@ class Backend:
     def analyze(self) -> None:
         """Table statistics, as autovacuum gathers them after a load."""
         if self.server is not None:
-            self.server.psql("ANALYZE", urlsplit(self.settings["database"]).path.lstrip("/"))
+            self.server.psql("ANALYZE", self.server.name_of(self.settings["database"]))
 
     def close(self) -> None:
         if self.server is not None:

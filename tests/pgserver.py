@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 USER = "buildref"  # the server's superuser role (trust authentication, on the private socket only)
 _names = itertools.count()
@@ -112,6 +113,11 @@ class PostgresServer:
         if proc.returncode != 0:
             raise RuntimeError(f"psql {sql!r} failed:\n{proc.stderr.decode(errors='replace')}")
         return proc.stdout.decode()
+
+    @staticmethod
+    def name_of(url: str) -> str:
+        """The database a URL of :meth:`url` names."""
+        return urlsplit(url).path.lstrip("/")
 
     def create_database(self, prefix: str = "t") -> str:
         """A new, empty database; its URL."""

@@ -4,12 +4,21 @@ answers, with the builder; PostgreSQL going away loses and spools nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from buildref.config import parse_config
+from buildref.errors import BadConfig, StorageError
+from buildref.store import redacted
+from buildref.store.api import BuildRecord, DerivationRecord, NewEvent
+from buildref.store.fleet import FleetStore
 from buildsets import build_set, flake_repo, salt
 from helpers import Nix, git, nix_string
 from pgserver import PostgresServer
@@ -157,3 +166,98 @@ def test_postgres_stopped_in_a_burst_loses_and_spools_nothing(nix: Nix, tmp_path
         svc.close()
         deploy.close()
         server.close()
+
+
+# -- the shared index in-process: many writers, migrations, URLs
+
+
+def test_database_urls_never_show_a_password() -> None:
+    assert redacted("postgresql://u:secret@db.example.org:5433/buildref") == (
+        "postgresql://u@db.example.org:5433/buildref")
+    assert redacted("postgresql:///buildref?host=/run/postgresql&password=secret&sslmode=require") == (
+        "postgresql:///buildref?host=/run/postgresql&sslmode=require")
+    assert redacted("postgres://u@h1:1,h2:2/db") == "postgres://u@h1:1,h2:2/db"
+    assert redacted("sqlite:///var/lib/buildref/buildref.db") == "sqlite:///var/lib/buildref/buildref.db"
+    with pytest.raises(BadConfig) as refused:
+        parse_config({"database": "mysql://u:secret@x/y"})
+    assert "secret" not in str(refused.value) and "mysql://u@x/y" in str(refused.value)
+    parsed = parse_config({"database": "postgresql://u:secret@db/buildref", "state_dir": "/srv/b"})
+    assert parsed.database.startswith("postgresql://") and parsed.inbox == "/srv/b/buildref.db"
+
+
+def test_builder_names() -> None:
+    assert parse_config({}).builder == socket.gethostname()
+    assert parse_config({"builder": ""}).builder == socket.gethostname()  # as the NixOS module leaves it
+    assert parse_config({"builder": "ci-1"}).builder == "ci-1"
+    for bad in ("ci 1", "ci\n1", "x" * 256, 7):
+        with pytest.raises(BadConfig, match="builder"):
+            parse_config({"builder": bad})
+
+
+def _chain(prefix: str, n: int) -> list[DerivationRecord]:
+    """n derivations, each using the one before (a closure the writers share)."""
+    drvs: list[DerivationRecord] = []
+    for i in range(n):
+        path = f"/nix/store/{prefix}{i:030d}"[:43] + f"-{prefix}{i}.drv"
+        inputs = ((drvs[-1].path, "out"),) if drvs else ()
+        drvs.append(DerivationRecord(path, f"{prefix}{i}", "x86_64-linux", None, None, f"regular:out={i}",
+                                     (("out", path[:-4]),), inputs, (f"/nix/store/{'s' * 32}-src{i % 7}",)))
+    return drvs
+
+
+async def _write_concurrently(url: str, inbox: Path) -> None:
+    shared = _chain("aa", 60)
+    stores = [await FleetStore.open(url, str(inbox / f"inbox{w}.db"), f"w{w}") for w in range(6)]
+    try:
+        async def writer(w: int, store: FleetStore) -> None:
+            order = shared if w % 2 else list(reversed(shared))  # opposite orders: deadlocks, if any
+            for batch in range(0, 60, 6):
+                drvs = order[batch:batch + 6]
+                await store.events.append([NewEvent(d.path, (), float(batch), "socket") for d in drvs])
+                ids = {e.drv: e.id for e in await store.events.pending(100)}
+                await store.builds.record([BuildRecord(ids[d.path], d.path, float(batch), d.outputs,
+                                                       tuple(shared), (), d.input_srcs, f"w{w}")
+                                           for d in drvs])
+        await asyncio.gather(*(writer(w, s) for w, s in enumerate(stores)))
+        async with stores[0].reading() as r:
+            counts = await r.builds.table_counts()
+            assert (counts.derivations, counts.outputs, counts.builds) == (60, 60, 6 * 60)
+            top = await r.builds.derivation(shared[-1].path)
+            assert top is not None and sorted(b.builder for b in top.builds) == [f"w{w}" for w in range(6)]
+            assert top.input_drvs == {shared[-2].path: ("out",)}
+            # each source is learnt by one builder, whichever queued it first
+            queued = [await s.builds.pending_contents(100) for s in stores]
+            assert sorted(p for q in queued for p in q) == sorted({s for d in shared for s in d.input_srcs})
+        for s in stores:
+            async with s.reading() as r:
+                assert (await r.events.counts()).indexed == 60
+    finally:
+        for s in stores:
+            await s.close()
+
+
+def test_many_writers_on_one_database(pg_server: PostgresServer, tmp_path: Path) -> None:
+    """Six builders record overlapping closures at once, in opposite orders, on a new database
+    (all migrating it at first use): every build once, every derivation once, nothing lost."""
+    asyncio.run(_write_concurrently(pg_server.create_database(), tmp_path))
+
+
+async def _newer_schema(url: str, inbox: Path) -> None:
+    store = await FleetStore.open(url, str(inbox / "inbox.db"), "b")
+    try:
+        with pytest.raises(StorageError, match="newer than this buildref"):
+            async with store.reading() as r:
+                await r.builds.table_counts()
+        async with store.reading() as r:  # and the inbox still answers
+            assert (await r.events.counts()).received == 0
+    finally:
+        await store.close()
+
+
+def test_a_newer_shared_schema_is_refused(pg_server: PostgresServer, tmp_path: Path) -> None:
+    url = pg_server.create_database()
+    name = pg_server.name_of(url)
+    pg_server.psql("CREATE TABLE buildref_schema (version INTEGER PRIMARY KEY,"
+                   " applied_at TIMESTAMPTZ NOT NULL DEFAULT now());"
+                   " INSERT INTO buildref_schema VALUES (99)", name)
+    asyncio.run(_newer_schema(url, tmp_path))
