@@ -44,6 +44,10 @@ def unavailable(e: BaseException) -> StorageError:
     return StorageError(f"the shared index is not available: {type(e).__name__}: {e}".rstrip(": "))
 
 
+async def _no_session_state(conn: asyncpg.Connection) -> None:
+    return None
+
+
 class PgDatabase:
     """The pools for one database URL; close once."""
 
@@ -77,9 +81,12 @@ class PgDatabase:
         return self._readers, self._writer
 
     async def _pool(self, size: int) -> asyncpg.Pool:
-        # min_size 0: connections are made as they are needed, and again after a failure
+        # min_size 0: connections are made as they are needed, and again after a failure. No reset
+        # query when a connection goes back to the pool (a round trip per question): nothing here
+        # sets session state (no SET, LISTEN, cursors or session locks), and an open transaction
+        # is rolled back all the same.
         pool = asyncpg.create_pool(self.url, min_size=0, max_size=size, timeout=CONNECT_TIMEOUT,
-                                   command_timeout=COMMAND_TIMEOUT)
+                                   command_timeout=COMMAND_TIMEOUT, reset=_no_session_state)
         return await pool
 
     async def close(self) -> None:
