@@ -117,10 +117,10 @@ def filters_trees(repo: GitRepository, history: History) -> bool:
 
 
 def find(repo: GitRepository, history: History, form: bytes, raw: bytes | None, deadline: float,
-         limit: int = 5) -> Search:
-    """The newest commits (at most ``limit``) that have ``form`` at their root or in a directory,
-    under either rule. ``raw``: the git tree the form was made from, when known (an export-ignore
-    form, or one with submodules, is not a git object itself)."""
+         limit: int = 5, roots_only: bool = False) -> Search:
+    """The newest commits (at most ``limit``) that have ``form`` at their root or (unless
+    ``roots_only``) in a directory, under either rule. ``raw``: the git tree the form was made
+    from, when known (an export-ignore form, or one with submodules, is not a git object itself)."""
     import pygit2
 
     target = raw if raw is not None else form
@@ -135,7 +135,7 @@ def find(repo: GitRepository, history: History, form: bytes, raw: bytes | None, 
             search.places.append(place)
             if len(search.places) >= limit:
                 return search
-    if search.places:
+    if search.places or roots_only:
         return search
     return _subtrees(repo, history, form, target, deadline, limit, search)
 

@@ -53,6 +53,9 @@ def _configure_libgit2() -> None:
     from pygit2.enums import ConfigLevel, Option
 
     pygit2.option(Option.SET_OWNER_VALIDATION, 0)
+    # libgit2 keeps up to 256 MiB of objects per process by default: the service opens many
+    # repositories and walks long histories, so bound it
+    pygit2.option(Option.SET_CACHE_MAX_SIZE, 64 << 20)
     for level in (ConfigLevel.SYSTEM, ConfigLevel.XDG, ConfigLevel.GLOBAL):
         pygit2.settings.search_path[level] = ""
     _configured.append(True)
