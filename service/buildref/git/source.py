@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildref.errors import BuildrefError, GitError, UnknownRevision
-from buildref.git.attributes import Rule, export_ignored
+from buildref.git import archive
+from buildref.git.archive import ArchiveFails, CommitData
+from buildref.git.attributes import EMPTY
 from buildref.git.tree_nar import Fragment, TreeNarCache, TreeRule
 from buildref.nix.hashes import Hash
 from buildref.nix.storepath import DEFAULT_STORE_DIR, check_name, source_path
@@ -31,6 +33,22 @@ class TreeSource:
     rule: TreeRule
     nar_hash: Hash
     store_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownSource:
+    """A variant whose bytes buildref cannot know from the commit (see ``ArchiveUnknown``)."""
+
+    subdir: str
+    rule: TreeRule
+    reason: str  # the one-line ``error: ...`` message
+    ref_dependent: bool  # it depends on the refs present when Nix fetched
+
+
+@dataclass(frozen=True, slots=True)
+class SourceListing:
+    sources: tuple[TreeSource, ...]
+    unknown: tuple[UnknownSource, ...]
 
 
 def _split_subdir(subdir: str) -> list[str]:
@@ -92,16 +110,28 @@ class GitRepository:
         """Commits reachable from ``commit``, itself included (``git rev-list --count``)."""
         return sum(1 for _ in self.repo.walk(commit.id))
 
+    def commit_data(self, commit: Any) -> CommitData:
+        """What ``export-subst`` expands from: the commit object as git formats it."""
+        _kind, raw = self.repo.odb.read(commit.id)
+        return CommitData(str(commit.id), str(commit.tree_id), tuple(str(p) for p in commit.parent_ids),
+                          bytes(raw))
+
     def source(self, rev: str = "HEAD", subdir: str | None = None,
                rule: TreeRule = TreeRule.EXPORT_IGNORE) -> SourceInfo:
+        """The source Nix makes of ``rev`` (or of a directory in it). Raises ``ArchiveUnknown``
+        (``RefDependent`` when refs decide it) when the export-ignore variant cannot be known."""
         commit = self.resolve(rev)
+        data = self.commit_data(commit) if rule is TreeRule.EXPORT_IGNORE else None
         name = "source"
+        root = self.trees.fragment(commit.tree_id.raw, rule, commit=data)
         if subdir is None:
-            fragment = self.trees.fragment(commit.tree_id.raw, rule)
+            fragment = root
         else:
             parts = _split_subdir(subdir)
             name = check_name(parts[-1])
-            fragment = self._subdir_fragment(commit.tree_id.raw, parts, rule, subdir)
+            if isinstance(root.problem, ArchiveFails):
+                raise root.problem  # Nix has no directory of a revision it cannot fetch
+            fragment = self._subdir_fragment(commit.tree_id.raw, parts, rule, subdir, data)
         info = self.trees.nar_info(fragment)
         return SourceInfo(
             rev=str(commit.id),
@@ -115,11 +145,19 @@ class GitRepository:
         )
 
     def tree_sources(self, commit: Any) -> list[TreeSource]:
+        """The source store paths a build can take from ``commit`` (see ``list_sources``); variants
+        whose bytes cannot be known are left out."""
+        return list(self.list_sources(commit).sources)
+
+    def list_sources(self, commit: Any) -> SourceListing:
         """The source store paths a build can take from ``commit``: the root (``source``) and every
         directory (named after it, as ``./dir`` of a flake is copied), under each rule; a variant
         is listed once per rule even when both rules give the same path. Directories Nix cannot
-        copy (export-ignore'd, names that are not store path names) are left out."""
+        copy (export-ignore'd, names that are not store path names) are left out; variants whose
+        bytes depend on more than the commit (``export-subst`` of refs...) are listed as unknown,
+        with the reason, instead of failing the whole listing."""
         root = commit.tree_id.raw
+        data = self.commit_data(commit)
         directories: list[list[str]] = []
         pending: list[tuple[bytes, list[str]]] = [(root, [])]
         while pending:
@@ -132,46 +170,62 @@ class GitRepository:
                         continue
                     directories.append([*parts, name])
                     pending.append((entry.oid, [*parts, name]))
-        found = []
+        found: list[TreeSource] = []
+        unknown: list[UnknownSource] = []
         for rule in TreeRule:
-            info = self.trees.nar_info(self.trees.fragment(root, rule))
-            found.append(TreeSource("", rule, info.nar_hash, source_path(info.nar_hash, "source",
-                                                                          store_dir=self.store_dir)))
-            for parts in sorted(directories):
+            whole = self.trees.fragment(root, rule, commit=data)
+            fails = whole.problem if isinstance(whole.problem, ArchiveFails) else None
+            for parts in [[], *sorted(directories)]:
                 subdir = "/".join(parts)
+                if fails is not None:
+                    unknown.append(UnknownSource(subdir, rule, str(fails), False))
+                    continue
                 try:
-                    name = check_name(parts[-1])
-                    fragment = self._subdir_fragment(root, parts, rule, subdir)
+                    name = check_name(parts[-1]) if parts else "source"
+                    fragment = self._subdir_fragment(root, parts, rule, subdir, data) if parts else whole
                 except BuildrefError:
+                    continue
+                if fragment.problem is not None:
+                    unknown.append(UnknownSource(subdir, rule, str(fragment.problem),
+                                                 isinstance(fragment.problem, archive.RefDependent)))
                     continue
                 info = self.trees.nar_info(fragment)
                 found.append(TreeSource(subdir, rule, info.nar_hash,
                                         source_path(info.nar_hash, name, store_dir=self.store_dir)))
-        return found
+        return SourceListing(tuple(found), tuple(unknown))
 
-    def _subdir_fragment(self, root: bytes, parts: list[str], rule: TreeRule, subdir: str) -> Fragment:
+    def _subdir_fragment(self, root: bytes, parts: list[str], rule: TreeRule, subdir: str,
+                         commit: CommitData | None) -> Fragment:
         tree = root
         path = b""
-        rules: tuple[Rule, ...] = ()
+        stack = EMPTY
         for depth, part in enumerate(parts):
             entries = self.trees.entries(tree)
             if rule is TreeRule.EXPORT_IGNORE:
-                rules = rules + tuple(self.trees.rules_of(entries, path))
+                stack = self.trees.stack_of(entries, path, stack)
             name = part.encode()
             entry = next((e for e in entries if e.name == name), None)
             if entry is None:
                 raise GitError(f"'{subdir}' does not exist in this revision")
             is_dir = entry.is_tree or entry.is_gitlink
-            if rule is TreeRule.EXPORT_IGNORE and export_ignored(rules, path + name, is_dir):
-                raise GitError(f"'{subdir}' is marked export-ignore, so Nix does not fetch it")
+            attrs = None
+            if rule is TreeRule.EXPORT_IGNORE:
+                if is_dir:
+                    ignored = stack.export_ignored(path + name, True)
+                else:
+                    attrs = stack.file_attributes(path + name)
+                    ignored = attrs.export_ignore
+                if ignored:
+                    raise GitError(f"'{subdir}' is marked export-ignore, so Nix does not fetch it")
             last = depth == len(parts) - 1
             if not entry.is_tree:
                 if last:
-                    return self.trees.leaf_fragment(entry)
+                    rewrite = archive.rewrite_of(attrs) if attrs is not None and entry.is_regular else None
+                    return self.trees.leaf_fragment(entry, path + name, rewrite, commit)
                 raise GitError(f"'{subdir}' does not exist in this revision")
             tree = entry.oid
             path = path + name + b"/"
-        fragment = self.trees.fragment(tree, rule, rules, path)
+        fragment = self.trees.fragment(tree, rule, stack, path, commit)
         if rule is TreeRule.EXPORT_IGNORE and not fragment.archived:
             raise GitError(f"'{subdir}' holds nothing outside export-ignore'd directories, "
                            "so git archive (and Nix) leave it out")
