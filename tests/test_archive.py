@@ -267,6 +267,7 @@ def test_setuptools_scm_archival_is_ref_dependent(nix: Nix, tmp_path: Path) -> N
     proc = buildref("hash", str(repo), "--rev", rev, check=False)
     assert_error_line(proc, "'.git_archival.txt'", "%(describe:tags=true,match=*[0-9]*)",
                       "refs present when Nix fetched")
+    assert proc.returncode == 1
     # The raw variant, and directories without the file, are still known.
     assert buildref_json("hash", str(repo), "--rev", rev, "--rule", "raw")["rule"] == "raw"
     assert buildref_json("hash", str(repo), "--rev", rev, "--subdir", "pkg")["narHash"]
@@ -307,6 +308,7 @@ def test_placeholders_that_depend_on_the_fetch_are_refused(tmp_path: Path, place
     proc = buildref("hash", str(repo), check=False)
     shown = placeholder.replace("%+", "%")
     assert_error_line(proc, "'v.txt'", shown)
+    assert proc.returncode == 1
     refs = "refs present when Nix fetched" in proc.stderr.decode()
     assert refs == (kind is RefDependent)
     source = GitRepository(str(repo))
@@ -337,3 +339,21 @@ def test_git_archive_failures_are_reported(nix: Nix, tmp_path: Path) -> None:
     repo, rev = _repo(other, {".gitattributes": b"*.txt working-tree-encoding=UTF-16\n", "a.txt": b"x\n",
                               "empty.txt": b""})
     assert_error_line(buildref("hash", str(repo), check=False), "'a.txt'", "iconv")
+
+
+def test_files_and_directories_of_a_rewritten_tree_match_nix(nix: Nix, tmp_path: Path) -> None:
+    """`--subdir` of a rewritten file or directory: what Nix copies out of the fetched tree."""
+    files = {".gitattributes": b"*.bat text eol=crlf\nv.txt export-subst ident\n",
+             "d/run.bat": b"echo\n", "d/v.txt": b"$Id$ $Format:%s (%cs)$\n", "d/e/x.bat": b"a\r\nb\n"}
+    repo, rev = _repo(tmp_path, files, message="the subject")
+    fetch = f"builtins.fetchGit {{ url = {nix_string(str(repo))}; rev = {nix_string(rev)}; }}"
+    subdirs = ["d", "d/run.bat", "d/v.txt", "d/e"]
+    copied = nix.eval_json(f"let s = {fetch}; in map (d: let p = /. + (builtins.unsafeDiscardStringContext "
+                           f'"${{s}}/${{d}}"); in "${{p}}") [ {" ".join(nix_string(d) for d in subdirs)} ]')
+    assert isinstance(copied, list)
+    hashes = nix.run("nix", "hash", "path", *copied).decode().split()
+    for subdir, path, nar_hash in zip(subdirs, copied, hashes, strict=True):
+        got = buildref_json("hash", str(repo), "--rev", rev, "--subdir", subdir)
+        assert (got["storePath"], got["narHash"]) == (path, nar_hash), subdir
+    version = Path(copied[2]).read_bytes()
+    assert version.startswith(b"$Id: ") and b"the subject (" in version

@@ -3,7 +3,6 @@ CRLF (with the text heuristics of ``text=auto``)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 
@@ -45,34 +44,29 @@ def gather_stats(data: bytes) -> TextStats:
     )
 
 
-_LONE_LF = re.compile(rb"(?<!\r)\n")
-
-
 def crlf_to_worktree(data: bytes, auto: bool) -> bytes:
     """convert.c ``crlf_to_worktree`` for an action whose output eol is CRLF (``auto`` for
-    ``text=auto``)."""
-    if not data:
-        return data
-    stats = gather_stats(data)
-    if not stats.lonelf:
-        return data
-    # text=auto: the "safer autocrlf" rules leave files with any CR, or that look binary, alone.
-    if auto and (stats.lonecr or stats.crlf or stats.binary):
-        return data
-    return _LONE_LF.sub(b"\r\n", data)
+    ``text=auto``): every LF not already after a CR becomes CRLF."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") == crlf:
+        return data  # no lone LF (or empty): nothing to convert
+    if auto:
+        # The "safer autocrlf" rules leave files with any CR, or that look binary, alone.
+        stats = gather_stats(data)
+        if stats.lonecr or stats.crlf or stats.binary:
+            return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def _count_ident(data: bytes) -> int:
-    """convert.c ``count_ident``."""
+    """convert.c ``count_ident``: ``$Id$`` and ``$Id:`` up to a ``$`` on the same line."""
     count = 0
     i, n = 0, len(data)
-    while i < n:
-        ch = data[i]
-        i += 1
-        if ch != ord("$"):
-            continue
-        if n - i < 3:
-            break
+    while True:
+        dollar = data.find(b"$", i)
+        if dollar < 0 or n - dollar - 1 < 3:
+            return count
+        i = dollar + 1
         if data[i:i + 2] != b"Id":
             continue
         ch = data[i + 2]
@@ -81,15 +75,15 @@ def _count_ident(data: bytes) -> int:
             count += 1
         if ch != ord(":"):
             continue
-        while i < n:
-            ch = data[i]
-            i += 1
-            if ch == ord("$"):
-                count += 1
-                break
-            if ch == ord("\n"):
-                break
-    return count
+        end = data.find(b"$", i)
+        newline = data.find(b"\n", i)
+        if end >= 0 and (newline < 0 or end < newline):
+            count += 1
+            i = end + 1
+        elif newline >= 0:
+            i = newline + 1
+        else:
+            return count
 
 
 def ident_to_worktree(data: bytes, blob_hex: str) -> bytes:

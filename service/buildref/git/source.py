@@ -123,14 +123,16 @@ class GitRepository:
         commit = self.resolve(rev)
         data = self.commit_data(commit) if rule is TreeRule.EXPORT_IGNORE else None
         name = "source"
-        root = self.trees.fragment(commit.tree_id.raw, rule, commit=data)
         if subdir is None:
-            fragment = root
+            fragment = self.trees.fragment(commit.tree_id.raw, rule, commit=data)
         else:
             parts = _split_subdir(subdir)
             name = check_name(parts[-1])
-            if isinstance(root.problem, ArchiveFails):
-                raise root.problem  # Nix has no directory of a revision it cannot fetch
+            if rule is TreeRule.EXPORT_IGNORE:
+                # Nix has no directory of a revision git archive fails on, wherever the cause is.
+                whole = self.trees.fragment(commit.tree_id.raw, rule, commit=data)
+                if isinstance(whole.problem, ArchiveFails):
+                    raise whole.problem
             fragment = self._subdir_fragment(commit.tree_id.raw, parts, rule, subdir, data)
         info = self.trees.nar_info(fragment)
         return SourceInfo(

@@ -228,7 +228,8 @@ class TreeNarCache:
         """The attribute rules in effect in the directory at ``path`` holding ``entries``."""
         found = self.attributes_of(entries, path)
         if not path:
-            return AttributeStack.root(found)  # macros come from the root file alone
+            # Macros come from the root file alone.
+            return EMPTY if found is None else AttributeStack.root(found)
         return inherited if found is None else inherited.push(found)
 
     def fragment(self, tree: bytes, rule: TreeRule, inherited: AttributeStack = EMPTY,
