@@ -37,7 +37,7 @@ REWRITE_ATTRIBUTE_LINES = [
     b"*.mac crlfy", b"[attr]crlfy text eol=crlf ident", b"[attr]binary -text ident", b"*.bin binary",
     b"data.bin eol=crlf", b"README export-subst ident eol=crlf", b"*.txt eol=crlf", b"run.sh eol=crlf binary",
     b"*.keep eol=crlf -bad!name", b"sub/** export-subst", b"w.* working-tree-encoding=utf-8",
-    b"*.sub eol=crlf text", b"x.txt crlfy -crlfy",
+    b"*.sub eol=crlf text", b"x.txt crlfy -crlfy", b".gitattributes export-ignore", b"w.keep export-ignore",
 ]
 REWRITE_NESTED_LINES = [b"*.bat -text", b"*.id -ident", b"*.sub !export-subst", b"[attr]crlfy -text",
                         b"*.log eol=crlf", b"w.* text=auto", b"*.mac -crlfy", b"* ident"]
@@ -93,6 +93,8 @@ class RandomRepo:
             if b"/".join(parts[:i]) in self.gitlinks:
                 return False
         target = self._abs(rel)
+        if any(link.startswith(rel + b"/") for link in self.gitlinks):
+            return False  # a gitlink below: no directory on disk says so
         return not (os.path.isdir(target) and not os.path.islink(target)) and rel not in self.gitlinks
 
     def _prepare(self, rel: bytes) -> bytes | None:
