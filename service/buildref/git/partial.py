@@ -86,13 +86,17 @@ def prefixes(samples: Iterable[tuple[str, bytes]], files: Files) -> list[str]:
     return sorted(counts, key=lambda p: (-counts[p], len(p), p))
 
 
-def best_relation(repo: GitRepository, copy: Files, tree: bytes, prefix: str
+def best_relation(repo: GitRepository, copy: Files, commit: bytes, prefix: str
                   ) -> tuple[tuple[TreeRule, ...], Relation] | None:
-    """The relation of ``copy`` to the directory ``prefix`` of ``tree``, and the rules under which
-    it holds (the same relation under both rules is one answer with both)."""
+    """The relation of ``copy`` to the directory ``prefix`` of ``commit``, and the rules under
+    which it holds (the same relation under both rules is one answer with both)."""
+    import pygit2
+
+    obj = repo.repo[pygit2.Oid(raw=commit)]
+    tree, data = obj.tree_id.raw, repo.commit_data(obj)
     found: dict[Relation, list[TreeRule]] = {}
     for rule in (TreeRule.EXPORT_IGNORE, TreeRule.RAW):
-        files = repo.forms.files(tree, prefix.rstrip("/"), rule)
+        files = repo.forms.files(tree, prefix.rstrip("/"), rule, data)
         relation = relate(copy, files) if files is not None else None
         if relation is not None and not relation.exact:
             found.setdefault(relation, []).append(rule)
@@ -147,7 +151,7 @@ def find_partial(repo: GitRepository, history: History, copy: Files, samples: li
         if (root, prefix) in seen_trees:
             continue
         seen_trees.add((root, prefix))
-        found = best_relation(repo, copy, root, prefix)
+        found = best_relation(repo, copy, commit, prefix)
         if found is not None:
             results.append(PartialPlace(str(pygit2.Oid(raw=commit)), commit_time, prefix.rstrip("/"), *found))
     results.sort(key=lambda p: (-p.relation.agreeing, p.relation.extra, -p.commit_time))

@@ -143,9 +143,9 @@ def _search(git: GitRepository, history: History, wanted: Wanted, deadline: floa
             commit = git.resolve(wanted.rev_hint)
         except BuildrefError:
             return search
-        tree = commit.tree_id.raw
+        tree, data = commit.tree_id.raw, git.commit_data(commit)
         rules = tuple(rule for rule in TreeRule
-                      if (form := git.forms.at(tree, "", rule)) is not None and form.oid == wanted.form)
+                      if (form := git.forms.at(tree, "", rule, data)) is not None and form.oid == wanted.form)
         if rules:
             search.places.insert(0, Place(str(commit.id), int(commit.commit_time), "", rules))
     return search
