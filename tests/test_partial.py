@@ -150,3 +150,45 @@ def test_flat_fixed_output_of_one_file(nix: Nix, tmp_path: Path, system: str) ->
             assert cli_json(svc, "why", built[name]["outputs"]["out"])["sources"] == []
     finally:
         svc.close()
+
+
+def test_git_archive_rewrites_match_exactly(nix: Nix, tmp_path: Path, system: str) -> None:
+    """fetchGit (git archive on Nix 2.8) expands $Format:%H$ in an export-subst file and writes
+    CRLF for `eol=crlf` files: the copy still matches its revision exactly; a placeholder expanded
+    from the refs present at fetch time (%D) is not guessed, so nothing is named for that one."""
+    repo, _ = project(tmp_path)
+    (repo / ".gitattributes").write_text(".git_archival.txt export-subst\n*.bat text eol=crlf\n")
+    (repo / ".git_archival.txt").write_text("node: $Format:%H$\nnode-date: $Format:%cI$\n")
+    (repo / "run.bat").write_text("echo one\necho two\n")
+    rev = commit(repo, "archival")
+    (repo / ".git_archival.txt").write_text("node: $Format:%H$\nref-names: $Format:%D$\n")
+    refs_dependent = commit(repo, "ref names")
+    svc = ServiceProcess(repository=[{"name": "proj", "path": str(repo)}]).start()
+    try:
+        built = {}
+        for label, target in (("subst", rev), ("refs", refs_dependent)):
+            expr = tmp_path / f"{label}.nix"
+            fetch = f'builtins.fetchGit {{ url = {nix_string(str(repo))}; rev = "{target}"; }}'
+            expr.write_text(f"""let src = {fetch}; in
+              derivation {{ name = "{label}-{salt()}"; system = {nix_string(system)}; builder = "/bin/sh";
+                args = [ "-c" "read x < ${{src}}/.git_archival.txt; echo $x > $out" ]; }}""")
+            built[label] = nix_build_json(svc.nix_env(nix.env), "-f", str(expr))[0]
+            src = json.loads(nix.run("nix", "show-derivation", built[label]["drvPath"]))
+            copied = next(iter(src.values()))["inputSrcs"][0]
+            if label == "subst":  # what Nix copied really is rewritten
+                assert (Path(copied) / ".git_archival.txt").read_text().startswith(f"node: {rev}\n")
+                assert (Path(copied) / "run.bat").read_bytes() == b"echo one\r\necho two\r\n"
+        svc.wait_idle()
+        wait_for(lambda: cli_json(svc, "refs", "proj") != [], what="the repository recorded")
+        why = cli_json(svc, "why", built["subst"]["outputs"]["out"])
+        assert [(s["rev"], s["match"], s["rules"]) for s in why["sources"]] == [
+            (rev, "exact", ["export-ignore"])]
+        found = cli_json(svc, "lookup", "proj", rev)
+        assert [b["drvPath"] for b in found["builds"]] == [built["subst"]["drvPath"]]
+        # nor as a superset of an older revision: the files it has more are tracked in later ones
+        assert cli_json(svc, "why", built["refs"]["outputs"]["out"])["sources"] == []
+        later = cli_json(svc, "lookup", "proj", refs_dependent)  # no build of its own: its parent's
+        assert later["fallback"] == {"rev": rev, "commitsBehind": 1}
+        assert built["refs"]["drvPath"] not in {b["drvPath"] for b in later["builds"]}
+    finally:
+        svc.close()

@@ -10,7 +10,7 @@ claimed only when it holds file by file, and never for content too small or too 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from buildref.git.forms import EMPTY_BLOB, distinctive_leaf
@@ -49,9 +49,13 @@ def _distinctive(path: str, blob: bytes) -> bool:
     return blob != EMPTY_BLOB and distinctive_leaf(name, blob)
 
 
-def relate(copy: Files, revision: Files) -> Relation | None:
+def relate(copy: Files, revision: Files, tracked: Callable[[bytes], bool] = lambda _: False
+           ) -> Relation | None:
     """The relation, when it is one buildref names: the copy is the revision's files, a subset of
-    them or a superset, and enough distinctive files agree to tell the revision from others."""
+    them or a superset, and enough distinctive files agree to tell the revision from others. A
+    superset's extra files must be ones the repository never tracked (``tracked``: a blob is in
+    its object database) — untracked or ignored files, ``.git``, a submodule's —, else the copy
+    came from another revision that has them."""
     agreeing = [p for p, v in copy.items() if revision.get(p) == v]
     if sum(_distinctive(p, copy[p][1]) for p in agreeing) < MIN_DISTINCTIVE:
         return None
@@ -61,6 +65,8 @@ def relate(copy: Files, revision: Files) -> Relation | None:
         return Relation(False, True, len(agreeing), len(revision), 0, False)
     if len(agreeing) == len(revision):
         extra = [p for p in copy if p not in revision]
+        if any(tracked(copy[p][1]) for p in extra if not p.startswith(".git/")):
+            return None
         return Relation(False, False, len(agreeing), len(revision), len(extra),
                         any(p.startswith(".git/") for p in extra))
     return None
@@ -94,10 +100,15 @@ def best_relation(repo: GitRepository, copy: Files, commit: bytes, prefix: str
 
     obj = repo.repo[pygit2.Oid(raw=commit)]
     tree, data = obj.tree_id.raw, repo.commit_data(obj)
+    odb = repo.repo.odb
+
+    def tracked(blob: bytes) -> bool:
+        return pygit2.Oid(raw=blob) in odb
+
     found: dict[Relation, list[TreeRule]] = {}
     for rule in (TreeRule.EXPORT_IGNORE, TreeRule.RAW):
         files = repo.forms.files(tree, prefix.rstrip("/"), rule, data)
-        relation = relate(copy, files) if files is not None else None
+        relation = relate(copy, files, tracked) if files is not None else None
         if relation is not None and not relation.exact:
             found.setdefault(relation, []).append(rule)
     if not found:
