@@ -24,7 +24,7 @@ from watchdog.observers.api import BaseObserver
 
 from buildref.api import rpc
 from buildref.api.hookline import HookLines
-from buildref.api.http import HttpServer, listen_tcp
+from buildref.api.http import HttpServer, listening
 from buildref.api.metrics import Metrics
 from buildref.api.operations import Caller, Services, UnknownMethod, call
 from buildref.api.sockets import MAX_LINE, LineServer, Peer, inherited_sockets, listen_unix, notify
@@ -99,7 +99,7 @@ async def serve(config: Config) -> None:
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(config.database))
         hook_sock, query_sock, activated = stack.enter_context(_sockets(config))
-        http_sock = stack.enter_context(contextlib.closing(listen_tcp(config.http))) if config.http else None
+        http_socks = stack.enter_context(listening(config.http)) if config.http else None
         observer = stack.enter_context(_observer())
 
         repositories = Repositories(config.repositories, os.path.join(config.state_dir, "mirrors"))
@@ -149,8 +149,8 @@ async def serve(config: Config) -> None:
         hook_server = LineServer(hook_lines.line, hook_lines.too_long, idle, on_connection_error)
         query_server = LineServer(query_line, query_too_long, idle, on_connection_error)
         http_server = None
-        if config.http is not None and http_sock is not None:
-            http_server = HttpServer(http_sock, services, current_status, Metrics(), on_query_error,
+        if config.http is not None and http_socks is not None:
+            http_server = HttpServer(http_socks, services, current_status, Metrics(), on_query_error,
                                      idle_timeout=idle, max_connections=config.http.max_connections,
                                      shutdown_grace=SHUTDOWN_GRACE)
             stack.push_async_callback(http_server.close)  # on any way out, before the index closes

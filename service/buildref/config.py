@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ class SocketConfig:
 class HttpConfig:
     """``[http]``: the read-only HTTP API and metrics; off unless ``listen`` is set."""
 
-    host: str  # an IP address: no name is resolved at start
+    host: str  # an IP address, or a host name (every address it has at start is listened on)
     port: int
     max_connections: int = 256  # open connections; more are answered 503 and closed
 
@@ -97,24 +98,31 @@ def _unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
         raise BadConfig(f"unknown config key {where}{extra[0]}")
 
 
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+
+
 def _listen(text: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port``, the host an IP address."""
-    usage = 'expected "ADDRESS:PORT" with an IP address, like "127.0.0.1:8745" or "[::1]:8745"'
-    if text.startswith("["):
+    """``ADDRESS:PORT``: an IPv4 address or a host name, or an IPv6 address in brackets."""
+    usage = 'expected "ADDRESS:PORT", like "127.0.0.1:8745", "[::1]:8745" or "localhost:8745"'
+    bracketed = text.startswith("[")
+    if bracketed:
         host, sep, port = text[1:].partition("]:")
     else:
         host, sep, port = text.rpartition(":")
         if ":" in host:
             raise BadConfig(f'http.listen: put an IPv6 address in brackets, like "[::1]:8745"; got {text!r}')
+    if not sep or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise BadConfig(f"http.listen: {usage} (a port from 1 to 65535), got {text!r}")
     try:
         address = ipaddress.ip_address(host)
-        number = int(port)
     except ValueError:
-        raise BadConfig(f"http.listen: {usage}, got {text!r}") from None
-    digits = port.isascii() and port.isdigit()
-    if not sep or not digits or not 1 <= number <= 65535 or text.startswith("[") != (address.version == 6):
+        if bracketed or len(host) > 253 or not _HOST_NAME.fullmatch(host):
+            raise BadConfig(f"http.listen: {usage}, got {text!r}") from None
+        return host, int(port)
+    if bracketed != (address.version == 6):
         raise BadConfig(f"http.listen: {usage}, got {text!r}")
-    return str(address), number
+    return str(address), int(port)
 
 
 def _http(data: dict[str, Any]) -> HttpConfig | None:

@@ -12,10 +12,12 @@ request body read, connections idle for ``idle_timeout`` closed, at most ``max_c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 import structlog
 from aiohttp import web
@@ -36,22 +38,40 @@ REMOTE = Caller(None)  # an HTTP caller has no uid the kernel vouches for: it ma
 OnError = Callable[[str, BaseException], None]
 
 
-def listen_tcp(config: HttpConfig) -> socket.socket:
-    """The listening socket, bound now so that a taken port stops the service at start."""
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+@contextlib.contextmanager
+def listening(config: HttpConfig) -> Iterator[list[socket.socket]]:
+    """The listening sockets — one per address of the host (an IP address has one; ``localhost``
+    may have two) — bound now, so that a taken port stops the service at start; closed at exit."""
+    sockets: list[socket.socket] = []
     try:
-        sock = socket.create_server((config.host, config.port), family=family, backlog=1024)
-    except OSError as e:
-        raise BadConfig(f"cannot listen on {config.address}: {e.strerror or e}") from None
-    sock.setblocking(False)
-    return sock
+        try:
+            found = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+            for family, _, _, _, address in dict.fromkeys(found):
+                sock = socket.create_server(address, family=family, backlog=1024)
+                sock.setblocking(False)
+                sockets.append(sock)
+        except (OSError, UnicodeError) as e:
+            raise BadConfig(f"cannot listen on {config.address}: {_reason(e)}") from None
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, socket.gaierror):  # a name that does not resolve: its own message
+        return e.strerror or str(e)
+    if isinstance(e, OSError) and e.errno:  # not create_server's "(while attempting to bind ...)"
+        return os.strerror(e.errno)
+    return str(e)
 
 
 class HttpServer:
-    def __init__(self, sock: socket.socket, services: Services, status: Callable[[], Awaitable[Status]],
-                 metrics: Metrics, on_error: OnError, *, idle_timeout: float, max_connections: int,
-                 shutdown_grace: float) -> None:
-        self._sock = sock
+    def __init__(self, sockets: list[socket.socket], services: Services,
+                 status: Callable[[], Awaitable[Status]], metrics: Metrics, on_error: OnError, *,
+                 idle_timeout: float, max_connections: int, shutdown_grace: float) -> None:
+        self._sockets = sockets
         self._services = services
         self._status = status
         self._metrics = metrics
@@ -59,7 +79,7 @@ class HttpServer:
         self._max_connections = max_connections
         self._cancelled = 0
         self._closed = False
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         app = web.Application(middlewares=[self._count, self._answer_errors], client_max_size=MAX_BODY)
         app.router.add_get(API_PREFIX + "{method}", self._operation)
         app.router.add_get(METRICS_PATH, self._metrics_text)
@@ -71,11 +91,12 @@ class HttpServer:
     async def start(self) -> None:
         await self._runner.setup()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._connection, sock=self._sock)
+        for sock in self._sockets:
+            self._servers.append(await loop.create_server(self._connection, sock=sock))
 
     def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
 
     async def drain(self) -> int:
         """Let open requests finish (within ``shutdown_grace``: aiohttp waits, then cancels what is
