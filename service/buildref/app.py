@@ -151,8 +151,7 @@ async def serve(config: Config) -> None:
         http_server = None
         if config.http is not None and http_socks is not None:
             http_server = HttpServer(http_socks, services, current_status, Metrics(), on_query_error,
-                                     idle_timeout=idle, max_connections=config.http.max_connections,
-                                     shutdown_grace=SHUTDOWN_GRACE)
+                                     idle_timeout=idle, max_connections=config.http.max_connections)
             stack.push_async_callback(http_server.close)  # on any way out, before the index closes
 
         async with asyncio.TaskGroup() as tasks:
@@ -181,7 +180,7 @@ async def serve(config: Config) -> None:
             draining = [hook_server.drain(SHUTDOWN_GRACE), query_server.drain(SHUTDOWN_GRACE)]
             if http_server is not None:
                 http_server.stop_accepting()
-                draining.append(http_server.drain())  # within the SHUTDOWN_GRACE it was given
+                draining.append(http_server.drain(SHUTDOWN_GRACE))
             cancelled = sum(await asyncio.gather(*draining))
             if cancelled:
                 log.warning("requests cancelled at shutdown", count=cancelled)

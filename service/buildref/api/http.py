@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -70,23 +71,24 @@ def _reason(e: Exception) -> str:
 class HttpServer:
     def __init__(self, sockets: list[socket.socket], services: Services,
                  status: Callable[[], Awaitable[Status]], metrics: Metrics, on_error: OnError, *,
-                 idle_timeout: float, max_connections: int, shutdown_grace: float) -> None:
+                 idle_timeout: float, max_connections: int) -> None:
         self._sockets = sockets
         self._services = services
         self._status = status
         self._metrics = metrics
         self._on_error = on_error
         self._max_connections = max_connections
-        self._cancelled = 0
+        self._requests: set[asyncio.Task[Any]] = set()  # in flight, for shutdown
         self._closed = False
         self._servers: list[asyncio.Server] = []
         app = web.Application(middlewares=[self._count, self._answer_errors], client_max_size=MAX_BODY)
         app.router.add_get(API_PREFIX + "{method}", self._operation)
         app.router.add_get(METRICS_PATH, self._metrics_text)
-        # aiohttp closes a connection that sends no request for keepalive_timeout, new ones too
+        # aiohttp closes a connection that sends no request for keepalive_timeout, new ones too;
+        # its shutdown_timeout only matters for requests that arrive while drain() waits
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, logger=_protocol_logger(),
                                      keepalive_timeout=idle_timeout, max_line_size=MAX_URL,
-                                     shutdown_timeout=shutdown_grace)
+                                     shutdown_timeout=1.0)
 
     async def start(self) -> None:
         await self._runner.setup()
@@ -98,11 +100,20 @@ class HttpServer:
         for server in self._servers:
             server.close()
 
-    async def drain(self) -> int:
-        """Let open requests finish (within ``shutdown_grace``: aiohttp waits, then cancels what is
-        left), close every connection; how many requests were cancelled."""
+    async def drain(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for requests in flight, cancel the rest, then close every
+        connection; how many requests were cancelled. (aiohttp's own shutdown would only cancel
+        a handler after twice its timeout.)"""
+        self.stop_accepting()
+        if self._requests:
+            await asyncio.wait(set(self._requests), timeout=grace)
+        left = set(self._requests)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left)
         await self.close()
-        return self._cancelled
+        return len(left)
 
     async def close(self) -> None:
         if self._closed:
@@ -123,11 +134,13 @@ class HttpServer:
     @web.middleware
     async def _count(self, request: web.Request,
                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        task = asyncio.current_task()  # aiohttp runs each request in a task of its own
+        assert task is not None
+        self._requests.add(task)
         try:
             response = await handler(request)
-        except asyncio.CancelledError:
-            self._cancelled += 1
-            raise
+        finally:
+            self._requests.discard(task)
         self._metrics.http_request(_route(request.path), response.status)
         return response
 
