@@ -55,9 +55,9 @@ class _Scrape:
 
 
 def shared_index_lag(status: Status) -> tuple[float, int]:
-    """Ingest lag to the shared index: how far (seconds, builds) this builder's records are behind
-    in the shared (PostgreSQL) index. Status does not say yet; a service with only its own SQLite
-    index has no lag by definition, so both are 0 until it does."""
+    """Ingest lag to the shared index: how long (seconds since the oldest) and how many events this
+    service has committed that are not yet in the shared (PostgreSQL) index. ``Status`` does not
+    carry it yet; a service with only its own SQLite index has no lag, so both are 0 until then."""
     return 0.0, 0
 
 
@@ -92,16 +92,17 @@ def status_metrics(s: Status) -> Iterator[Metric]:
         yield GaugeMetricFamily("buildref_last_event_received_timestamp_seconds",
                                 "when the newest event was received", value=s.last_event.received_at)
 
-    db = s.database
-    yield GaugeMetricFamily("buildref_database_size_bytes", "size of the index on disk", value=db.bytes)
+    db = s.database  # a size or count below 0 is one the index could not tell: left out, not shown
+    if db.bytes >= 0:
+        yield GaugeMetricFamily("buildref_database_size_bytes", "size of the index on disk", value=db.bytes)
     rows = GaugeMetricFamily("buildref_index_entries", "what the index holds", labels=["kind"])
-    rows.add_metric(["derivations"], db.derivations)
-    rows.add_metric(["outputs"], db.outputs)
-    rows.add_metric(["builds"], db.builds)
+    for kind, count in (("derivations", db.derivations), ("outputs", db.outputs), ("builds", db.builds)):
+        if count >= 0:
+            rows.add_metric([kind], count)
     yield rows
 
-    lag_seconds, lag_builds = shared_index_lag(s)
-    yield GaugeMetricFamily("buildref_shared_index_lag_seconds", "how far behind the shared index is, in "
-                            "seconds (0 without one)", value=lag_seconds)
-    yield GaugeMetricFamily("buildref_shared_index_lag_builds", "builds recorded here and not yet in the "
-                            "shared index (0 without one)", value=lag_builds)
+    lag_seconds, lag_events = shared_index_lag(s)
+    yield GaugeMetricFamily("buildref_shared_index_lag_seconds", "age of the oldest event committed here "
+                            "and not yet in the shared index (0 without one)", value=lag_seconds)
+    yield GaugeMetricFamily("buildref_shared_index_lag_events", "events committed here and not yet in the "
+                            "shared index (0 without one)", value=lag_events)
