@@ -84,7 +84,9 @@ def why(r: Why) -> None:
         where = f"/{s.subdir}" if s.subdir else ""
         print(f"{s.repository}{where} at {s.rev} ({', '.join(s.refs) or 'no ref'}): {s.store_path}")
     if not r.sources:
-        print("no recorded revision")
+        print("no revision found")
+    if r.not_searched:
+        print(f"not searched through (a revision there may be missing): {', '.join(r.not_searched)}")
     if isinstance(r, WhyPath):
         for pin in r.locked_inputs:
             print(f"pinned by {pin.lock_file} input '{pin.input}': {pin.repository} at {pin.rev or '-'}")

@@ -38,8 +38,8 @@ _MODE_TYPE, _MODE_TREE, _MODE_LINK, _MODE_GITLINK = 0o170000, 0o040000, 0o120000
 # Files unrelated projects commonly share byte for byte: a tree holding nothing else says nothing
 # about where it came from.
 _COMMON = re.compile(rb"(?i)(licen[cs]e|copying|copyright|notice|unlicen[cs]e|authors|contributors|"
-                     rb"code_of_conduct|contributing|security|funding)([._-].*)?|\.git(ignore|keep|attributes|"
-                     rb"modules)|\.keep|\.editorconfig|\.npmignore|\.dockerignore")
+                     rb"code_of_conduct|contributing|security|funding)([._-].*)?|\.git(ignore|keep|attributes)|"
+                     rb"\.keep|\.editorconfig|\.npmignore|\.dockerignore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +81,7 @@ def tree_id(items: list[tuple[bytes, bytes, bytes]]) -> bytes:
     return hashlib.sha1(b"tree %d\0" % len(body) + body, usedforsecurity=False).digest()
 
 
-def _leaf_distinctive(name: bytes, oid: bytes) -> bool:
+def distinctive_leaf(name: bytes, oid: bytes) -> bool:
     return oid != EMPTY_BLOB and _COMMON.fullmatch(name) is None
 
 
@@ -130,6 +130,42 @@ class TreeForms:
             tree, path = entry.oid, path + name + b"/"
         form = self.form(tree, rule, inherited, path)
         return form if rule is TreeRule.RAW or form.archived else None
+
+    def files(self, tree: bytes, subdir: str, rule: TreeRule) -> dict[str, tuple[bytes, bytes]] | None:
+        """Every file of the directory ``subdir`` of ``tree`` as Nix copies it under ``rule``: path
+        (relative to it) -> (mode, blob id); None when Nix does not have that directory."""
+        inherited: tuple[Rule, ...] = ()
+        path = b""
+        for part in [p for p in subdir.split("/") if p]:
+            entries = self.entries(tree)
+            if rule is TreeRule.EXPORT_IGNORE:
+                inherited = inherited + tuple(self.rules_of(entries, path))
+            name = os.fsencode(part)
+            entry = next((e for e in entries if e.name == name), None)
+            if entry is None or not entry.is_tree or (
+                    rule is TreeRule.EXPORT_IGNORE and export_ignored(inherited, path + name, True)):
+                return None
+            tree, path = entry.oid, path + name + b"/"
+        found: dict[str, tuple[bytes, bytes]] = {}
+        start = len(path)
+        pending = [(tree, path, inherited)]
+        while pending:
+            tree, path, rules = pending.pop()
+            entries = self.entries(tree)
+            if rule is TreeRule.EXPORT_IGNORE:
+                rules = rules + tuple(self.rules_of(entries, path))
+            for e in entries:
+                ignored = rule is TreeRule.EXPORT_IGNORE and export_ignored(rules, path + e.name,
+                                                                             e.is_tree or e.is_gitlink)
+                if ignored:
+                    continue
+                kind = e.mode & _MODE_TYPE
+                if kind == _MODE_TREE:
+                    pending.append((e.oid, path + e.name + b"/", rules))
+                elif kind != _MODE_GITLINK:  # a submodule is an empty directory: no files
+                    mode = _LINK if kind == _MODE_LINK else _EXEC if e.mode & 0o100 else _FILE
+                    found[(path + e.name)[start:].decode(errors="surrogateescape")] = (mode, e.oid)
+        return found
 
     def _key(self, tree: bytes, rule: TreeRule, inherited: tuple[Rule, ...], path: bytes) -> _Key:
         return self._trees.key(tree, rule, inherited, path)
@@ -244,7 +280,7 @@ class _Frame:
     def _leaf(self, mode: bytes, entry: Entry) -> None:
         self.items.append((mode, entry.name, entry.oid))
         self.files += 1
-        self.distinctive = self.distinctive or _leaf_distinctive(entry.name, entry.oid)
+        self.distinctive = self.distinctive or distinctive_leaf(entry.name, entry.oid)
 
     def attach(self, name: bytes, child: Form) -> None:
         if self.form is not None:
@@ -264,39 +300,90 @@ class TooLarge(BadArchive):
     """A store path with more files or bytes than a form is computed for."""
 
 
+SAMPLES = 8  # files a store copy is sampled by (those with the smallest blob ids: a stable choice)
+MAX_DIRS = 1000  # subdirectories' forms kept per store copy, the shallowest first ...
+MAX_DEPTH = 4  # ... down to this depth
+
+
+@dataclass(frozen=True, slots=True)
+class CopyFacts:
+    """What a store copy holds, read in one walk."""
+
+    form: Form
+    dirs: tuple[tuple[str, Form], ...]  # identifying subdirectories (a vendored tree, a submodule)
+    samples: tuple[tuple[str, bytes], ...]  # (path, blob id) of distinctive files, never under .git/
+    manifest: dict[str, tuple[bytes, bytes]] | None  # path -> (mode, blob id), when asked for
+
+
 def path_form(path: str | bytes, max_files: int = 200_000, max_bytes: int = 1 << 30) -> Form:
     """The form of the file, symlink or directory at ``path`` (not followed), read from disk."""
+    return read_copy(path, max_files, max_bytes).form
+
+
+def read_copy(path: str | bytes, max_files: int = 200_000, max_bytes: int = 1 << 30,
+              manifest: bool = False) -> CopyFacts:
+    """Read the store copy at ``path``: its form, its identifying subdirectories' forms (bounded),
+    a sample of its files and, with ``manifest``, every file's mode and blob id."""
     root = os.fsencode(path)
     budget = [max_files, max_bytes]
     st = _lstat(root)
     if not stat.S_ISDIR(st.st_mode):
         mode, oid = _leaf(root, st, budget)
-        return Form(oid, 1, _leaf_distinctive(os.path.basename(root), oid))
+        name = os.path.basename(root)
+        alone = distinctive_leaf(name, oid)
+        return CopyFacts(Form(oid, 1, alone), (), ((name.decode(errors="surrogateescape"), oid),)
+                         if alone else (), {"": (mode, oid)} if manifest else None)
+    files: dict[str, tuple[bytes, bytes]] | None = {} if manifest else None
+    sample: list[tuple[bytes, str]] = []  # a max-heap by blob id, as (negated id, path)
+    dirs: list[tuple[int, str, Form]] = []
     # iterative post-order: store paths can be deeper than Python's recursion limit
-    stack: list[tuple[bytes, list[bytes], list[tuple[bytes, bytes, bytes]], list[int], list[bool]]] = [
-        (root, _names(root), [], [0], [False])]
+    stack: list[tuple[bytes, str, list[bytes], list[tuple[bytes, bytes, bytes]], list[int], list[bool]]] = [
+        (root, "", _names(root), [], [0], [False])]
     while True:
-        directory, names, items, files, distinctive = stack[-1]
+        directory, rel, names, items, count, distinctive = stack[-1]
         if names:
             name = names.pop()
             child = directory + b"/" + name
+            child_rel = rel + name.decode(errors="surrogateescape")
             st = _lstat(child)
             if stat.S_ISDIR(st.st_mode):
-                stack.append((child, _names(child), [], [0], [False]))
+                stack.append((child, child_rel + "/", _names(child), [], [0], [False]))
                 continue
             mode, oid = _leaf(child, st, budget)
             items.append((mode, name, oid))
-            files[0] += 1
-            distinctive[0] = distinctive[0] or _leaf_distinctive(name, oid)
+            count[0] += 1
+            if distinctive_leaf(name, oid):
+                distinctive[0] = True
+                if not child_rel.startswith(".git/"):
+                    _keep_smallest(sample, oid, child_rel)
+            if files is not None:
+                files[child_rel] = (mode, oid)
             continue
         stack.pop()
-        form = Form(tree_id(items), files[0], distinctive[0])
+        form = Form(tree_id(items), count[0], distinctive[0])
         if not stack:
-            return form
+            dirs.sort()
+            return CopyFacts(form, tuple((d, f) for _, d, f in dirs[:MAX_DIRS]),
+                             tuple(sorted((p, bytes(~b & 0xFF for b in o)) for o, p in sample)), files)
+        depth = rel.count("/")
+        if form.identifying and depth <= MAX_DEPTH and not rel.startswith(".git/"):
+            dirs.append((depth, rel.rstrip("/"), form))
         parent = stack[-1]
-        parent[2].append((_DIR, os.path.basename(directory), form.oid))
-        parent[3][0] += form.files
-        parent[4][0] = parent[4][0] or form.distinctive
+        parent[3].append((_DIR, os.path.basename(directory), form.oid))
+        parent[4][0] += form.files
+        parent[5][0] = parent[5][0] or form.distinctive
+
+
+def _keep_smallest(heap: list[tuple[bytes, str]], oid: bytes, path: str) -> None:
+    """Keep the :data:`SAMPLES` smallest blob ids seen (a heap of complemented ids: its top is the
+    largest kept)."""
+    import heapq
+
+    key = bytes(~b & 0xFF for b in oid)
+    if len(heap) < SAMPLES:
+        heapq.heappush(heap, (key, path))
+    elif key > heap[0][0]:
+        heapq.heapreplace(heap, (key, path))
 
 
 def _lstat(path: bytes) -> os.stat_result:

@@ -24,17 +24,32 @@ class QueryContext:
     store_dir: str
 
 
+# The id of a configured repository the index has no row for yet (the watcher records it moments
+# after start): no row has it, so its recorded history is empty, and git answers the rest.
+UNRECORDED = 0
+
+
 async def recorded_repository(ctx: QueryContext, reader: Reader, spec: str) -> RepositoryInfo:
-    """A recorded repository, by the name it was recorded under or as ``record`` would name it (a
-    configured name, path or URL)."""
+    """A recorded (or configured) repository, by the name it was recorded under or as ``record``
+    would name it (a configured name, path or URL)."""
     info = await reader.sources.repository(spec)
     if info is not None:
         return info
     repo = ctx.repositories.resolve(spec)
     info = await reader.sources.repository(repo.name)
     if info is None:
+        if ctx.repositories.recorded_by(repo, None) == "config":
+            return RepositoryInfo(UNRECORDED, repo.name, repo.path, repo.url, "config")
         raise UnknownRepository(f"repository '{repo.name[:200]}' has not been recorded yet (buildref record)")
     return info
+
+
+async def searchable(ctx: QueryContext, reader: Reader) -> list[RepositoryInfo]:
+    """Every repository a revision may be found in: the recorded ones and the configured ones."""
+    found = await reader.sources.repositories()
+    names = {r.name for r in found}
+    return [*found, *(RepositoryInfo(UNRECORDED, r.name, r.path, r.url, "config")
+                      for r in ctx.repositories.configured if r.name not in names)]
 
 
 def at_hand(info: RepositoryInfo) -> Repository | None:

@@ -60,6 +60,7 @@ class DerivationRecord:
     input_drvs: tuple[tuple[str, str], ...]  # (path, outputs used, space separated)
     input_srcs: tuple[str, ...]
     rev_hint: str | None = None  # a git revision the derivation itself names (fetchgit's rev, ...)
+    path_hint: str | None = None  # the file of that revision a flat fixed output names (a raw URL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,8 @@ class ContentRecord:
     files: int | None = None
     identifying: bool = False
     error: str | None = None
+    dirs: tuple[tuple[str, bytes], ...] = ()  # (subdirectory, form) of its identifying subdirectories
+    samples: tuple[tuple[str, bytes], ...] = ()  # (file, blob id) of a sample of its files
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,14 +158,26 @@ class RevisionInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class FlatFixed:
+    """A flat fixed-output derivation that names one file of a revision (a raw file from a forge)."""
+
+    drv_id: int
+    fixed_hash: str  # SRI, of the file's contents
+    rev: str
+    path: str
+    output: str | None  # its output path
+
+
+@dataclass(frozen=True, slots=True)
 class ClosureItem:
     """Content a derivation's closure used: an input source, or a fixed-output derivation (by its
     declared hash, and its output path when known); ``distance`` steps down from the derivation."""
 
     path: str | None
     distance: int
-    fixed_hash: str | None = None  # recursive fixed-output hash (SRI)
+    fixed_hash: str | None = None  # fixed-output hash (SRI): recursive, or flat with ``path_hint``
     rev_hint: str | None = None
+    path_hint: str | None = None  # set: a flat fixed output of that one file of ``rev_hint``
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,17 +283,31 @@ class BuildQueries(Protocol):
         each at its least distance from it."""
 
     async def derivations_using(self, store_paths: Collection[str], nar_hashes: Collection[str],
-                                max_distance: int) -> dict[int, int]:
+                                max_distance: int, drv_ids: Collection[int] = ()) -> dict[int, int]:
         """Derivation id -> distance for derivations that use one of ``store_paths`` (as an input
         source, or as the output of a recursive fixed-output derivation, which then counts itself),
-        or are recursive fixed-output derivations whose hash is one of ``nar_hashes`` (0), and
-        those above them in the closure graph (one per step)."""
+        or are recursive fixed-output derivations whose hash is one of ``nar_hashes``, or are among
+        ``drv_ids`` (0), and those above them in the closure graph (one per step)."""
 
     async def contents(self, paths: Collection[str]) -> dict[str, ContentRecord]: ...
 
     async def contents_with_forms(self, forms: Collection[bytes]) -> list[ContentRecord]: ...
 
     async def contents_with_hashes(self, nar_hashes: Collection[str]) -> list[ContentRecord]: ...
+
+    async def contents_with_dirs(self, forms: Collection[bytes]) -> list[tuple[str, str, bytes]]:
+        """(content, subdirectory, form) for contents with a subdirectory of one of ``forms``."""
+
+    async def dirs_of(self, paths: Collection[str]) -> dict[str, list[tuple[str, bytes]]]:
+        """Each content's identifying subdirectories: (subdirectory, form)."""
+
+    async def contents_sampled(self, blobs: Collection[bytes]) -> dict[str, list[tuple[str, bytes]]]:
+        """Contents with a sampled file among ``blobs``, each with all its samples (file, blob)."""
+
+    async def samples_of(self, paths: Collection[str]) -> dict[str, list[tuple[str, bytes]]]: ...
+
+    async def flat_fixed(self, rev: str) -> list[FlatFixed]:
+        """Flat fixed-output derivations that name a file of revision ``rev``."""
 
     async def content_backlog(self) -> int:
         """How many store paths' contents are still to learn."""
@@ -349,7 +378,7 @@ class Store(Protocol):
     def location(self) -> str:
         """Where the index is, for people (a file path, a database URL without its password)."""
 
-    def reading(self) -> AbstractAsyncContextManager[Reader]:
+    def reading(self) -> AbstractAsyncContextManager[Reader, bool | None]:
         """A reader over one snapshot, for the duration of the block."""
 
     def size(self) -> int:

@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 
+from buildref.store.api import Reader
 from buildref.store.sqlite.builds import SqliteBuildIndex, SqliteBuildQueries
 from buildref.store.sqlite.database import Database, connect
 from buildref.store.sqlite.events import SqliteEventLog, SqliteEventQueries
@@ -45,8 +46,11 @@ class SqliteStore:
     def location(self) -> str:
         return self._db.path
 
+    def reading(self) -> contextlib.AbstractAsyncContextManager[Reader, bool | None]:
+        return self._reading()
+
     @contextlib.asynccontextmanager
-    async def reading(self) -> AsyncIterator[SqliteReader]:
+    async def _reading(self) -> AsyncIterator[Reader]:
         async with self._db.snapshot() as conn:
             yield SqliteReader(SqliteEventQueries(conn), SqliteBuildQueries(conn), SqliteSourceQueries(conn))
 

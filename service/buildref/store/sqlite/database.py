@@ -32,6 +32,9 @@ async def connect(path: str, *, reader: bool, durable: bool = True) -> aiosqlite
             await conn.execute("PRAGMA journal_mode = WAL")
             # a committed event survives power loss
             await conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'OFF'}")
+            # checkpoints (every 1000 pages) truncate the WAL back to this: it does not stay at its
+            # high-water mark after a large record
+            await conn.execute("PRAGMA journal_size_limit = 4194304")
     except BaseException:
         await conn.close()
         raise
