@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from buildref.git.forms import EMPTY_BLOB, distinctive_leaf
 from buildref.git.history import History
@@ -22,7 +21,6 @@ from buildref.git.tree_nar import TreeRule
 Files = Mapping[str, tuple[bytes, bytes]]  # path -> (mode, blob id)
 MIN_DISTINCTIVE = 2  # files that must agree, and be distinctive, before a revision is named
 CANDIDATES = 20  # candidate commits verified file by file per repository
-_ABSENT = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +86,17 @@ def prefixes(samples: Iterable[tuple[str, bytes]], files: Files) -> list[str]:
     return sorted(counts, key=lambda p: (-counts[p], len(p), p))
 
 
-def best_relation(repo: GitRepository, copy: Files, tree: bytes, prefix: str
+def best_relation(repo: GitRepository, copy: Files, commit: bytes, prefix: str
                   ) -> tuple[tuple[TreeRule, ...], Relation] | None:
-    """The relation of ``copy`` to the directory ``prefix`` of ``tree``, and the rules under which
-    it holds (the same relation under both rules is one answer with both)."""
+    """The relation of ``copy`` to the directory ``prefix`` of ``commit``, and the rules under
+    which it holds (the same relation under both rules is one answer with both)."""
+    import pygit2
+
+    obj = repo.repo[pygit2.Oid(raw=commit)]
+    tree, data = obj.tree_id.raw, repo.commit_data(obj)
     found: dict[Relation, list[TreeRule]] = {}
     for rule in (TreeRule.EXPORT_IGNORE, TreeRule.RAW):
-        files = repo.forms.files(tree, prefix.rstrip("/"), rule)
+        files = repo.forms.files(tree, prefix.rstrip("/"), rule, data)
         relation = relate(copy, files) if files is not None else None
         if relation is not None and not relation.exact:
             found.setdefault(relation, []).append(rule)
@@ -117,23 +119,13 @@ def find_partial(repo: GitRepository, history: History, copy: Files, samples: li
         return [], history.complete
     newest = repo.forms.files(history.commits[0][1], "", TreeRule.RAW) or {}
     places = prefixes(present, newest) or [""]
-    blob_at: dict[tuple[bytes, str], Any] = {}
+    git = repo.repo
 
-    def at(tree: bytes, path: str) -> Any:
-        key = (tree, path)
-        found = blob_at.get(key, _ABSENT)
-        if found is _ABSENT:
-            head, _, rest = path.partition("/")
-            name = head.encode(errors="surrogateescape")
-            entry = next((e for e in repo.trees.entries(tree) if e.name == name), None)
-            if entry is None:
-                found = None
-            elif rest:
-                found = at(entry.oid, rest) if entry.is_tree else None
-            else:
-                found = entry.oid
-            blob_at[key] = found
-        return found
+    def at(root: bytes, path: str) -> bytes | None:
+        try:  # libgit2 walks the path: no tree is parsed in Python
+            return bytes(git[pygit2.Oid(raw=root)][path].id.raw)
+        except (KeyError, ValueError):
+            return None
 
     scored: list[tuple[int, int, bytes, bytes, str]] = []
     complete = history.complete
@@ -143,19 +135,23 @@ def find_partial(repo: GitRepository, history: History, copy: Files, samples: li
             break
         for prefix in places:
             hits = sum(at(root, prefix + f) == b for f, b in present)
+            if not hits:
+                continue
             if hits:
                 scored.append((hits, commit_time, commit, root, prefix))
     scored.sort(key=lambda s: (-s[0], -s[1]))
     results: list[PartialPlace] = []
     seen_trees: set[tuple[bytes, str]] = set()
-    for _, commit_time, commit, root, prefix in scored:
-        if len(seen_trees) >= CANDIDATES or time.monotonic() > deadline:
-            complete = complete and len(seen_trees) < CANDIDATES
+    for _, commit_time, commit, root, prefix in scored:  # the likeliest first; the rest are not verified
+        if len(seen_trees) >= CANDIDATES:
+            break
+        if time.monotonic() > deadline:
+            complete = False
             break
         if (root, prefix) in seen_trees:
             continue
         seen_trees.add((root, prefix))
-        found = best_relation(repo, copy, root, prefix)
+        found = best_relation(repo, copy, commit, prefix)
         if found is not None:
             results.append(PartialPlace(str(pygit2.Oid(raw=commit)), commit_time, prefix.rstrip("/"), *found))
     results.sort(key=lambda p: (-p.relation.agreeing, p.relation.extra, -p.commit_time))

@@ -91,9 +91,10 @@ Roots = dict[TreeRule, tuple[bytes | None, str | None]]  # rule -> (form, NAR ha
 
 def root_digests(repo: GitRepository, forms: RevisionForms) -> Roots:
     roots: Roots = {}
+    commit = repo.resolve(forms.rev)
     for rule in TreeRule:
         form = forms.root(rule)
-        roots[rule] = (form, repo.digest(forms.tree, "", rule).nar_hash.sri if form else None)
+        roots[rule] = (form, repo.digest(commit, "", rule).nar_hash.sri if form else None)
     return roots
 
 
@@ -169,7 +170,7 @@ async def _partial(ctx: QueryContext, info: RepositoryInfo, repo: Repository, re
     """Sources that hold a subset or a superset of the revision's files (or of one of its
     directories), found through their sampled files and verified file by file; bounded."""
     assert revision.forms is not None
-    tree = revision.forms.tree
+    tree, commit = revision.forms.tree, bytes.fromhex(revision.rev)
     files = await ctx.git.run(repo, lambda git: git.forms.files(tree, "", TreeRule.RAW) or {})
     blobs = {blob for _, blob in files.values()}
     async with ctx.store.reading() as reader:
@@ -187,7 +188,8 @@ async def _partial(ctx: QueryContext, info: RepositoryInfo, repo: Repository, re
         if copy is None:
             continue  # not in the store any more: what it held cannot be compared now
         for prefix in prefixes(sampled[path], files) or [""]:
-            relation = await ctx.git.run(repo, partial(best_relation, copy=copy, tree=tree, prefix=prefix))
+            relate = partial(best_relation, copy=copy, commit=commit, prefix=prefix)
+            relation = await ctx.git.run(repo, relate)
             if relation is not None:
                 rules, r = relation
                 found.append((path, partial_source(path, content.nar_hash or "", prefix, rules, r,

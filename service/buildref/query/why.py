@@ -133,18 +133,19 @@ async def _wanted(reader: Reader, closure: Sequence[ClosureItem]) -> list[Wanted
             if w.form in known and w.raw is None else w for w in wanted]
 
 
-def _search(git: GitRepository, history: History, wanted: Wanted, deadline: float) -> Search:
+def _search(git: GitRepository, history: History, wanted: Wanted, deadline: float, roots_only: bool = False
+            ) -> Search:
     assert wanted.form is not None  # only forms are searched
     history.refresh(deadline)
-    search = find(git, history, wanted.form, wanted.raw, deadline, PLACES)
+    search = find(git, history, wanted.form, wanted.raw, deadline, PLACES, roots_only)
     if wanted.rev_hint and all(p.rev != wanted.rev_hint for p in search.places):
         try:  # the revision the derivation names, if it has the content, is named too
             commit = git.resolve(wanted.rev_hint)
         except BuildrefError:
             return search
-        tree = commit.tree_id.raw
+        tree, data = commit.tree_id.raw, git.commit_data(commit)
         rules = tuple(rule for rule in TreeRule
-                      if (form := git.forms.at(tree, "", rule)) is not None and form.oid == wanted.form)
+                      if (form := git.forms.at(tree, "", rule, data)) is not None and form.oid == wanted.form)
         if rules:
             search.places.insert(0, Place(str(commit.id), int(commit.commit_time), "", rules))
     return search
@@ -154,7 +155,8 @@ Found = dict[tuple[str, str, str, str], tuple[tuple[object, ...], SourceMatch]]
 
 
 async def _find_all(ctx: QueryContext, wanted: Sequence[Wanted], repositories: Sequence[RepositoryInfo],
-                    built_at: float | None, deadline: float, found: Found, not_searched: set[str]) -> None:
+                    built_at: float | None, deadline: float, found: Found, not_searched: set[str],
+                    roots_only: bool = False) -> None:
     """Exact places of each wanted form, in every repository at hand, into ``found``."""
     for w in wanted:
         for info in repositories:
@@ -165,7 +167,8 @@ async def _find_all(ctx: QueryContext, wanted: Sequence[Wanted], repositories: S
             if w.form is None:
                 continue
             try:
-                search = await ctx.git.search(repo, partial(_search, wanted=w, deadline=deadline))
+                search = await ctx.git.search(repo, partial(_search, wanted=w, deadline=deadline,
+                                                            roots_only=roots_only))
             except BuildrefError:
                 not_searched.add(info.name)  # not readable now (moved, not a repository any more)
                 continue
@@ -189,11 +192,9 @@ async def _inside(ctx: QueryContext, items: Sequence[ClosureItem], repositories:
             path = f"{item.path}/{subdir}"
             digest = await asyncio.to_thread(hash_path, path)
             wanted.append(Wanted(path, digest.nar_hash.sri, form, None, item.distance, item.rev_hint))
-    inside: Found = {}
-    await _find_all(ctx, wanted, repositories, built_at, deadline, inside, not_searched)
     # only a revision's whole tree counts as vendored (a submodule filled in); a directory of it
     # that is also somewhere in a source names nothing
-    found.update((key, entry) for key, entry in inside.items() if key[3] == "")
+    await _find_all(ctx, wanted, repositories, built_at, deadline, found, not_searched, roots_only=True)
 
 
 async def _partial(ctx: QueryContext, item: ClosureItem, nar_hash: str,

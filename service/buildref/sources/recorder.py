@@ -78,19 +78,21 @@ class RevisionForms:
 
 def revision_forms(repo: GitRepository, rev: str) -> RevisionForms:
     commit = repo.resolve(rev)
-    tree = commit.tree_id.raw
-    dirs = [d for rule in (TreeRule.EXPORT_IGNORE, TreeRule.RAW) for d in repo.forms.directories(tree, rule)]
+    tree, data = commit.tree_id.raw, repo.commit_data(commit)
+    dirs = [d for rule in (TreeRule.EXPORT_IGNORE, TreeRule.RAW)
+            for d in repo.forms.directories(tree, rule, data)]
     return RevisionForms(str(commit.id), int(commit.commit_time), tree, tuple(dirs))
 
 
 def new_trees(repo: GitRepository, revision: RevisionForms, known: set[bytes]) -> list[TreeRecord]:
     """Tree records (with NAR hashes) for the identifying forms of ``revision`` not ``known``."""
     found: dict[bytes, TreeRecord] = {}
+    commit = repo.resolve(revision.rev)
     for d in revision.directories:
         oid = d.form.oid
         if oid in known or oid in found or not d.form.identifying:
             continue
-        digest = repo.digest(revision.tree, d.subdir, d.rule)
+        digest = repo.digest(commit, d.subdir, d.rule)
         found[oid] = TreeRecord(oid, d.tree if d.tree != oid else None, digest.nar_hash.sri, digest.nar_size,
                                 d.form.files, True)
     return list(found.values())
