@@ -479,6 +479,16 @@ def test_listen_forms_ipv6_and_a_taken_port(tmp_path: Path) -> None:
         assert svc.stop() == 0
     finally:
         svc.close()
+    # "[::]" is every address, IPv4 too (asked here on loopback only)
+    port = free_port("::")
+    svc = ServiceProcess(http={"listen": f"[::]:{port}"})
+    try:
+        svc.start()
+        for url in (f"http://127.0.0.1:{port}", f"http://[::1]:{port}"):
+            assert cli("status", "--url", url).returncode == 0, url
+        assert svc.stop() == 0
+    finally:
+        svc.close()
 
     # a port already taken stops the service at start with one error line, sockets cleaned up
     with socket.create_server(("127.0.0.1", 0)) as taken:

@@ -49,7 +49,9 @@ def listening(config: HttpConfig) -> Iterator[list[socket.socket]]:
             found = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM,
                                        flags=socket.AI_PASSIVE)
             for family, _, _, _, address in dict.fromkeys(found):
-                sock = socket.create_server(address, family=family, backlog=1024)
+                # "[::]" means every address, IPv4 ones too (as "[::]:8745" reads); "[::1]" is IPv6 only
+                everywhere = family == socket.AF_INET6 and address[0] == "::" and socket.has_dualstack_ipv6()
+                sock = socket.create_server(address, family=family, backlog=1024, dualstack_ipv6=everywhere)
                 sock.setblocking(False)
                 sockets.append(sock)
         except (OSError, UnicodeError) as e:
