@@ -1,9 +1,10 @@
 """``buildref serve``: builds every component once, owns their lifetimes on one exit stack and
 their tasks in one TaskGroup, and shuts down in one order, each step awaited:
 
-stop accepting -> let open requests finish (then cancel them: a ``record`` running git too) ->
-stop the spool and the watchers -> commit what the inbox holds -> index what is pending (bounded)
--> stop the watchdog thread -> close the index -> remove the sockets it made.
+stop accepting (hook and query sockets, HTTP) -> let open requests finish (then cancel them: a
+``record`` running git too) -> stop the spool and the watchers -> commit what the inbox holds ->
+index what is pending (bounded) -> stop the watchdog thread -> close the index -> remove the
+sockets it made.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from watchdog.observers.api import BaseObserver
 
 from buildref.api import rpc
 from buildref.api.hookline import HookLines
+from buildref.api.http import HttpServer, listening
+from buildref.api.metrics import Metrics
 from buildref.api.operations import Caller, Services, UnknownMethod, call
 from buildref.api.sockets import MAX_LINE, LineServer, Peer, inherited_sockets, listen_unix, notify
 from buildref.config import Config
@@ -96,6 +99,7 @@ async def serve(config: Config) -> None:
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(config.database))
         hook_sock, query_sock, activated = stack.enter_context(_sockets(config))
+        http_socks = stack.enter_context(listening(config.http)) if config.http else None
         observer = stack.enter_context(_observer())
 
         repositories = Repositories(config.repositories, os.path.join(config.state_dir, "mirrors"))
@@ -144,6 +148,11 @@ async def serve(config: Config) -> None:
         idle = config.idle_timeout
         hook_server = LineServer(hook_lines.line, hook_lines.too_long, idle, on_connection_error)
         query_server = LineServer(query_line, query_too_long, idle, on_connection_error)
+        http_server = None
+        if config.http is not None and http_socks is not None:
+            http_server = HttpServer(http_socks, services, current_status, Metrics(), on_query_error,
+                                     idle_timeout=idle, max_connections=config.http.max_connections)
+            stack.push_async_callback(http_server.close)  # on any way out, before the index closes
 
         async with asyncio.TaskGroup() as tasks:
             inbox_task = tasks.create_task(inbox.run())
@@ -155,17 +164,24 @@ async def serve(config: Config) -> None:
                           tasks.create_task(learner.run())]
             await hook_server.start(hook_sock)
             await query_server.start(query_sock)
-            notify(f"READY=1\nSTATUS=serving on {config.hook.path} and {config.query.path}")
-            log.info("serving", hook=config.hook.path, query=config.query.path, database=store.location,
-                     pid=os.getpid(), socket_activated=activated)
+            if http_server is not None:
+                await http_server.start()
+            http = config.http.address if config.http else None
+            notify(f"READY=1\nSTATUS=serving on {config.hook.path} and {config.query.path}"
+                   + (f" and http://{http}" if http else ""))
+            log.info("serving", hook=config.hook.path, query=config.query.path, http=http,
+                     database=store.location, pid=os.getpid(), socket_activated=activated)
 
             await stop.wait()
             notify("STOPPING=1")
             log.info("stopping")
             hook_server.stop_accepting()
             query_server.stop_accepting()
-            cancelled = sum(await asyncio.gather(hook_server.drain(SHUTDOWN_GRACE),
-                                                 query_server.drain(SHUTDOWN_GRACE)))
+            draining = [hook_server.drain(SHUTDOWN_GRACE), query_server.drain(SHUTDOWN_GRACE)]
+            if http_server is not None:
+                http_server.stop_accepting()
+                draining.append(http_server.drain(SHUTDOWN_GRACE))
+            cancelled = sum(await asyncio.gather(*draining))
             if cancelled:
                 log.warning("requests cancelled at shutdown", count=cancelled)
             for task in background:

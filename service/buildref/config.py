@@ -3,7 +3,9 @@ defaults for a system install, checked once at start so a typo fails loudly inst
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +23,19 @@ DEFAULT_QUERY_SOCKET = "/run/buildref/query.sock"
 class SocketConfig:
     path: str
     mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """``[http]``: the read-only HTTP API and metrics; off unless ``listen`` is set."""
+
+    host: str  # an IP address, or a host name (every address it has at start is listened on)
+    port: int
+    max_connections: int = 256  # open connections; more are answered 503 and closed
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +59,11 @@ class Config:
     log_level: str = "info"
     nix_bin_dir: str = ""  # where nix lives; "" means PATH
     idle_timeout: float = 10.0  # seconds a client may stay connected without sending a whole line
+    http: HttpConfig | None = None  # the HTTP API: off unless configured
 
 
 _TOP_KEYS = {"state_dir", "store_dir", "database", "flake_locks", "hook", "query", "repository", "log",
-             "nix_bin_dir", "idle_timeout"}
+             "nix_bin_dir", "idle_timeout", "http"}
 
 
 def _take(table: dict[str, Any], key: str, kind: type, where: str, default: Any) -> Any:
@@ -80,6 +96,47 @@ def _unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
     extra = sorted(set(table) - allowed)
     if extra:
         raise BadConfig(f"unknown config key {where}{extra[0]}")
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+
+
+def _listen(text: str) -> tuple[str, int]:
+    """``ADDRESS:PORT``: an IPv4 address or a host name, or an IPv6 address in brackets."""
+    usage = 'expected "ADDRESS:PORT", like "127.0.0.1:8745", "[::1]:8745" or "localhost:8745"'
+    bracketed = text.startswith("[")
+    if bracketed:
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+        if ":" in host:
+            raise BadConfig(f'http.listen: put an IPv6 address in brackets, like "[::1]:8745"; got {text!r}')
+    if not sep or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise BadConfig(f"http.listen: {usage} (a port from 1 to 65535), got {text!r}")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if bracketed or len(host) > 253 or not _HOST_NAME.fullmatch(host):
+            raise BadConfig(f"http.listen: {usage}, got {text!r}") from None
+        return host, int(port)
+    if bracketed != (address.version == 6):
+        raise BadConfig(f"http.listen: {usage}, got {text!r}")
+    return str(address), int(port)
+
+
+def _http(data: dict[str, Any]) -> HttpConfig | None:
+    if "http" not in data:
+        return None
+    table = _take(data, "http", dict, "", None)
+    _unknown(table, {"listen", "max_connections"}, "http.")
+    if "listen" not in table:
+        raise BadConfig("http.listen: required in [http] (the HTTP API is off without an [http] table)")
+    host, port = _listen(_take(table, "listen", str, "http.", None))
+    limit = _take(table, "max_connections", int, "http.", 256)
+    if not 1 <= limit <= 100_000:
+        raise BadConfig(f"http.max_connections: expected 1 to 100000, got {limit!r}")
+    return HttpConfig(host, port, limit)
 
 
 def parse_config(data: dict[str, Any]) -> Config:
@@ -133,6 +190,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         log_level=log_level,
         nix_bin_dir=_take(data, "nix_bin_dir", str, "", ""),
         idle_timeout=_positive(data, "idle_timeout", 10.0),
+        http=_http(data),
     )
     check_url(config.database)  # now rather than at first use
     return config
@@ -155,6 +213,11 @@ def load_config(path: str | None) -> Config:
 def client_socket(arg: str | None) -> str:
     """The query socket a client talks to: ``--socket``, else ``BUILDREF_SOCKET``, else the default."""
     return arg or os.environ.get("BUILDREF_SOCKET") or DEFAULT_QUERY_SOCKET
+
+
+def client_url(arg: str | None) -> str | None:
+    """The HTTP API a client asks instead of the query socket: ``--url``, else ``BUILDREF_URL``."""
+    return arg or os.environ.get("BUILDREF_URL") or None
 
 
 def client_hook_socket(arg: str | None) -> str:
