@@ -129,6 +129,7 @@ def test_module_wires_hook_sockets_and_service(nix: Nix) -> None:
     config = unit(report)
     assert config["Type"] == "notify" and config["User"] == "buildref"
     assert config["StateDirectory"] == "buildref buildref/spool"
+    assert config["StateDirectoryMode"] == "0700"  # what the service narrows them to (statedir.py)
     assert config["ProtectSystem"] == "strict" and config["NoNewPrivileges"] and config["PrivateTmp"]
     assert config["LimitNOFILE"] == 65536
     assert families(report) == ["AF_UNIX"]

@@ -83,11 +83,13 @@ _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C
 
 
 async def mirror(url: str, path: str, timeout: float = 600.0) -> None:
-    """Keep a bare mirror of ``url`` at ``path``: cloned the first time, fetched (pruned) after."""
+    """Keep a bare mirror of ``url`` at ``path``: cloned the first time, fetched (pruned) after.
+    The clone is 0700 whatever the umask (git makes it 0755): the repository may be private."""
     env = {**os.environ, **_GIT_ENV}
     if os.path.isdir(path):
         await run(["git", "-C", path, "remote", "update", "--prune"], timeout, env)
     else:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         await run(["git", "clone", "--mirror", "--quiet", "--", url, path], timeout, env)
+        os.chmod(path, 0o700)
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from buildref.config import Repository
-from buildref.errors import GitError, UnknownRevision
+from buildref.errors import BuildrefError, GitError, UnknownRevision
 from buildref.git.history import History
 from buildref.git.source import GitRepository
 
@@ -44,9 +44,13 @@ class GitWork:
             except asyncio.CancelledError:
                 await asyncio.wait([thread])
                 raise
-            except (GitError, OSError) as e:
-                if not isinstance(e, UnknownRevision):
-                    self.forget(repo)  # it may have moved or vanished: open it afresh next time
+            except Exception as e:
+                # git, pygit2 or the file system failed: the repository may have moved, vanished or
+                # been replaced; open it afresh next time (a revision it lacks says nothing of that,
+                # nor does an error of buildref's own, such as a bound on the work)
+                ours = isinstance(e, BuildrefError) and not isinstance(e, GitError)
+                if not ours and not isinstance(e, UnknownRevision):
+                    self.forget(repo)
                 raise
 
     def forget(self, repo: Repository) -> None:
