@@ -40,9 +40,14 @@ class HttpConfig:
 
 @dataclass(frozen=True, slots=True)
 class Repository:
+    """A repository the service reads: configured, or recorded by someone. ``owner``: the user
+    whose rights bound what may be read there (a repository a user recorded); None when the
+    service may read all of it (configured, or recorded by root)."""
+
     name: str
     path: str
     url: str | None = None
+    owner: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,12 +91,15 @@ class GitRepository:
     """One repository, opened once, with its tree memo."""
 
     def __init__(self, path: str, store_dir: str = DEFAULT_STORE_DIR) -> None:
+        """The repository at ``path`` (a checkout, its ``.git``, or a bare repository); never one
+        found further up, as git would: the path given is the repository meant."""
         import pygit2
+        from pygit2.enums import RepositoryOpenFlag
 
         _configure_libgit2()
         self._pygit2 = pygit2
         try:
-            self.repo: Any = pygit2.Repository(path)
+            self.repo: Any = pygit2.Repository(path, RepositoryOpenFlag.NO_SEARCH)
         except (pygit2.GitError, KeyError, OSError) as e:
             raise GitError(f"'{path}' is not a git repository: {e}") from None
         self.path = path
