@@ -223,11 +223,10 @@ class GitRepository:
         path = b""
         stack = EMPTY
         for depth, part in enumerate(parts):
-            entries = self.trees.entries(tree)
             if rule is TreeRule.EXPORT_IGNORE:
-                stack = self.trees.stack_of(entries, path, stack)
+                stack = self.trees.stack_of(self.trees.entries(tree), path, stack)
             name = os.fsencode(part)
-            entry = next((e for e in entries if e.name == name), None)
+            entry = self.trees.entry(tree, name)
             if entry is None:
                 raise GitError(f"'{subdir}' does not exist in this revision")
             is_dir = entry.is_tree or entry.is_gitlink

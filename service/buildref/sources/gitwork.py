@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from buildref.config import Repository
@@ -55,9 +56,13 @@ class Guard:
         return self._print
 
 
+GIT_THREADS = 2  # git work at once, whoever asks: each thread competes with the event loop for the GIL
+
+
 class GitWork:
     def __init__(self, store_dir: str) -> None:
         self._store_dir = store_dir
+        self._threads = ThreadPoolExecutor(GIT_THREADS, thread_name_prefix="git")
         self._open: dict[str, tuple[GitRepository, History]] = {}
         self._guards: dict[tuple[str, int], Guard] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -104,7 +109,8 @@ class GitWork:
         caller is cancelled, the repository stays locked until the thread is done (work is bounded
         by deadlines), then the cancellation goes on."""
         async with self._locks.setdefault(repo.path, asyncio.Lock()):
-            thread = asyncio.ensure_future(asyncio.to_thread(self._work, repo, work))
+            loop = asyncio.get_running_loop()
+            thread = asyncio.ensure_future(loop.run_in_executor(self._threads, self._work, repo, work))
             try:
                 return await asyncio.shield(thread)
             except asyncio.CancelledError:
@@ -114,6 +120,10 @@ class GitWork:
                 if not isinstance(e, UnknownRevision):
                     self.forget(repo)  # it may have moved or vanished: open it afresh next time
                 raise
+
+    def close(self) -> None:
+        """No more work; what runs finishes in its thread."""
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, repo: Repository) -> None:
         self._open.pop(repo.path, None)
