@@ -26,9 +26,10 @@ from buildref.api import rpc
 from buildref.api.hookline import HookLines
 from buildref.api.http import HttpServer, listening
 from buildref.api.metrics import Metrics
-from buildref.api.operations import Caller, Services, UnknownMethod, call
+from buildref.api.operations import Admission, Caller, Services, UnknownMethod, call
 from buildref.api.sockets import MAX_LINE, LineServer, Peer, inherited_sockets, listen_unix, notify
 from buildref.config import Config
+from buildref.diskspace import SpaceFloor
 from buildref.errors import BadConfig, BuildrefError, IndexLost
 from buildref.ingest.contents import ContentLearner
 from buildref.ingest.inbox import Inbox
@@ -44,7 +45,7 @@ from buildref.sources.recorder import RefRecorder
 from buildref.sources.repositories import Repositories
 from buildref.sources.watch import RepoWatcher
 from buildref.statedir import locked, private_dir
-from buildref.store import open_store
+from buildref.store import open_store, sqlite_path
 
 SHUTDOWN_GRACE = 5.0  # seconds open requests get to finish after SIGTERM, before they are cancelled
 INDEX_DRAIN = 60.0  # seconds SIGTERM waits for pending events to be indexed (the rest wait for next start)
@@ -75,6 +76,13 @@ def _sockets(config: Config) -> Iterator[tuple[socket.socket, socket.socket, boo
         for path in created:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def _index_directory(config: Config) -> str:
+    """Where the index's file lives (its free space is what the floor guards)."""
+    if config.database.startswith("sqlite://"):
+        return os.path.dirname(sqlite_path(config.database)) or "/"
+    return config.state_dir
 
 
 @contextlib.contextmanager
@@ -158,7 +166,9 @@ async def _serve(config: Config) -> None:
         repositories = Repositories(config.repositories, os.path.join(config.state_dir, "mirrors"))
         locks = LockRecorder(store, config.flake_locks, config.store_dir)
         git = GitWork(config.store_dir)
-        recorder = RefRecorder(store, repositories, git, locks)
+        stack.callback(git.close)
+        recorder = RefRecorder(store, repositories, git, locks, config.limits,
+                               SpaceFloor(_index_directory(config), config.limits.min_free_mb))
         nix = Nix(config.nix_bin_dir)
         learner = ContentLearner(store, nix)
         indexer = Indexer(store, nix, config.store_dir, learner.wake)
@@ -176,7 +186,8 @@ async def _serve(config: Config) -> None:
             return await status(store, activity(), config.spool_dir)
 
         queries = QueryContext(store, repositories, git, config.store_dir)
-        services = Services(queries, recorder, current_status)
+        services = Services(queries, recorder, current_status, config.limits,
+                            Admission(config.limits.user_requests))
 
         def on_query_error(what: str, e: BaseException) -> None:
             if isinstance(e, BuildrefError):

@@ -40,9 +40,26 @@ class HttpConfig:
 
 @dataclass(frozen=True, slots=True)
 class Repository:
+    """A repository the service reads: configured, or recorded by someone. ``owner``: the user
+    whose rights bound what may be read there (a repository a user recorded); None when the
+    service may read all of it (configured, or recorded by root)."""
+
     name: str
     path: str
     url: str | None = None
+    owner: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one request and one user can make the service do (``[limits]``)."""
+
+    query_seconds: float = 30.0  # one query, its git work included
+    record_seconds: float = 600.0  # one ``record``
+    user_requests: int = 4  # requests one user (not root) may have running at once
+    user_repositories: int = 32  # repositories one user (not root) may have recorded
+    user_rows: int = 500_000  # index rows (revisions, ref moves, directories) of one user's repositories
+    min_free_mb: int = 256  # below this much free space for the index, only builds are recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +77,11 @@ class Config:
     nix_bin_dir: str = ""  # where nix lives; "" means PATH
     idle_timeout: float = 10.0  # seconds a client may stay connected without sending a whole line
     http: HttpConfig | None = None  # the HTTP API: off unless configured
+    limits: Limits = Limits()
 
 
 _TOP_KEYS = {"state_dir", "store_dir", "database", "flake_locks", "hook", "query", "repository", "log",
-             "nix_bin_dir", "idle_timeout", "http"}
+             "nix_bin_dir", "idle_timeout", "http", "limits"}
 
 
 def _take(table: dict[str, Any], key: str, kind: type, where: str, default: Any) -> Any:
@@ -139,6 +157,32 @@ def _http(data: dict[str, Any]) -> HttpConfig | None:
     return HttpConfig(host, port, limit)
 
 
+def _count(table: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = _take(table, key, int, "limits.", default)
+    if not low <= value <= high:
+        raise BadConfig(f"limits.{key}: expected {low} to {high}, got {value!r}")
+    return int(value)
+
+
+def _limits(data: dict[str, Any]) -> Limits:
+    table = _take(data, "limits", dict, "", {})
+    defaults = Limits()
+    _unknown(table, set(Limits.__dataclass_fields__), "limits.")
+    seconds = {}
+    for key in ("query_seconds", "record_seconds"):
+        value = table.get(key, getattr(defaults, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
+            raise BadConfig(f"limits.{key}: expected a number of seconds (0 < t <= 86400), got {value!r}")
+        seconds[key] = float(value)
+    return Limits(
+        **seconds,
+        user_requests=_count(table, "user_requests", defaults.user_requests, 1, 1000),
+        user_repositories=_count(table, "user_repositories", defaults.user_repositories, 0, 1_000_000),
+        user_rows=_count(table, "user_rows", defaults.user_rows, 0, 10**12),
+        min_free_mb=_count(table, "min_free_mb", defaults.min_free_mb, 0, 10**9),
+    )
+
+
 def parse_config(data: dict[str, Any]) -> Config:
     _unknown(data, _TOP_KEYS, "")
     state_dir = _take(data, "state_dir", str, "", DEFAULT_STATE_DIR).rstrip("/") or "/"
@@ -191,6 +235,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         nix_bin_dir=_take(data, "nix_bin_dir", str, "", ""),
         idle_timeout=_positive(data, "idle_timeout", 10.0),
         http=_http(data),
+        limits=_limits(data),
     )
     check_url(config.database)  # now rather than at first use
     return config

@@ -148,6 +148,14 @@ class RepositoryInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceUsage:
+    """What the repositories one recorder (``config`` or a uid) recorded take in the index."""
+
+    repositories: int
+    rows: int  # revisions, ref moves and directory forms
+
+
+@dataclass(frozen=True, slots=True)
 class RevisionInfo:
     id: int
     repo_id: int
@@ -321,6 +329,9 @@ class SourceQueries(Protocol):
     async def repository(self, name: str) -> RepositoryInfo | None: ...
 
     async def repositories(self) -> list[RepositoryInfo]: ...
+
+    async def usage(self, recorded_by: str) -> SourceUsage:
+        """What the repositories recorded by ``recorded_by`` take (for per-user quotas)."""
 
     async def current_refs(self, repo_id: int) -> dict[str, str | None]:
         """Each ref's latest recorded target (None: deleted)."""

@@ -108,9 +108,11 @@ class Database:
             await _storage(self._writer.execute("BEGIN IMMEDIATE"))
             try:
                 yield self._writer
-            except BaseException:
-                with contextlib.suppress(Exception):  # a failed COMMIT may have ended it already
+            except BaseException as e:
+                with contextlib.suppress(Exception):  # a failed statement may have ended it already
                     await self._writer.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):  # a full disk, say: the real reason, said once
+                    raise StorageError(f"the index could not be written: {e}") from None
                 raise
             try:
                 await self._writer.execute("COMMIT")
