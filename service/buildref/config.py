@@ -51,6 +51,23 @@ class Repository:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """One ``[[cache]]``: a binary cache checked for presence, and the keys whose signatures count."""
+
+    url: str
+    public_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UploadConfig:
+    """``[upload]``: where every build's outputs are copied (any ``nix copy --to`` store URI)."""
+
+    to: str
+    batch: int = 32  # paths per `nix copy`
+    max_backoff: float = 3600.0  # seconds at most between two tries of a failing path
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     """Bounds on what one request and one user can make the service do (``[limits]``)."""
 
@@ -78,10 +95,13 @@ class Config:
     idle_timeout: float = 10.0  # seconds a client may stay connected without sending a whole line
     http: HttpConfig | None = None  # the HTTP API: off unless configured
     limits: Limits = Limits()
+    caches: tuple[CacheConfig, ...] = ()
+    upload: UploadConfig | None = None
 
 
 _TOP_KEYS = {"state_dir", "store_dir", "database", "flake_locks", "hook", "query", "repository", "log",
-             "nix_bin_dir", "idle_timeout", "http", "limits"}
+             "nix_bin_dir", "idle_timeout", "http", "limits",
+             "cache", "upload"}
 
 
 def _take(table: dict[str, Any], key: str, kind: type, where: str, default: Any) -> Any:
@@ -183,6 +203,45 @@ def _limits(data: dict[str, Any]) -> Limits:
     )
 
 
+def _caches(data: dict[str, Any]) -> tuple[CacheConfig, ...]:
+    found = []
+    for i, entry in enumerate(_take(data, "cache", list, "", [])):
+        where = f"cache[{i}]."
+        if not isinstance(entry, dict):
+            raise BadConfig(f"cache[{i}]: expected a table")
+        _unknown(entry, {"url", "public_keys"}, where)
+        url = _take(entry, "url", str, where, None)
+        if not url.startswith(("http://", "https://", "file://")):
+            raise BadConfig(f"{where}url: expected an http://, https:// or file:// binary cache, got {url!r}")
+        # none is allowed (the NixOS module's default) but makes the cache useless: a narinfo
+        # counts only when signed by one of them, and every answer from it says so
+        keys = _take(entry, "public_keys", list, where, [])
+        if not all(isinstance(k, str) for k in keys):
+            raise BadConfig(f"{where}public_keys: expected a list of keys like"
+                            " \"cache.example.org-1:BASE64\"")
+        found.append(CacheConfig(url, tuple(keys)))
+    return tuple(found)
+
+
+def _upload(data: dict[str, Any]) -> UploadConfig | None:
+    if "upload" not in data:
+        return None
+    table = _take(data, "upload", dict, "", None)
+    _unknown(table, {"to", "batch", "max_backoff"}, "upload.")
+    if "to" not in table:
+        raise BadConfig("upload.to: required in [upload] (a `nix copy --to` store URI)")
+    to = _take(table, "to", str, "upload.", None)
+    if not to.strip():
+        raise BadConfig("upload.to: expected a store URI like \"s3://bucket\" or \"file:///srv/cache\"")
+    batch = _take(table, "batch", int, "upload.", 32)
+    if not 1 <= batch <= 1000:
+        raise BadConfig(f"upload.batch: expected 1 to 1000, got {batch!r}")
+    backoff = table.get("max_backoff", 3600.0)
+    if isinstance(backoff, bool) or not isinstance(backoff, int | float) or not 1 <= backoff <= 86400:
+        raise BadConfig(f"upload.max_backoff: expected seconds from 1 to 86400, got {backoff!r}")
+    return UploadConfig(to, batch, float(backoff))
+
+
 def parse_config(data: dict[str, Any]) -> Config:
     _unknown(data, _TOP_KEYS, "")
     state_dir = _take(data, "state_dir", str, "", DEFAULT_STATE_DIR).rstrip("/") or "/"
@@ -236,6 +295,8 @@ def parse_config(data: dict[str, Any]) -> Config:
         idle_timeout=_positive(data, "idle_timeout", 10.0),
         http=_http(data),
         limits=_limits(data),
+        caches=_caches(data),
+        upload=_upload(data),
     )
     check_url(config.database)  # now rather than at first use
     return config

@@ -1,6 +1,6 @@
 """The one place buildref runs a subprocess: Nix, for what only Nix knows (the path a floating
-content-addressed output got, the NAR hash the store records for a path), and git, to mirror
-repositories given by URL.
+content-addressed output got, the NAR hash the store records for a path) and for copying builds
+to a binary cache, and git, to mirror repositories given by URL.
 
 Each command is a small function that builds an argv, runs it through :func:`run` and parses what
 it printed; a failure is reported as the exact command line and its status.
@@ -77,6 +77,13 @@ class Nix:
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 raise CommandFailed(f"nix path-info: unexpected output ({e})") from None
         return found
+
+
+    async def copy(self, to: str, paths: list[str], timeout: float = 3600.0) -> None:
+        """``nix copy --to`` ``to`` of ``paths`` and their closures (signed when ``to`` names a
+        ``secret-key``); raises :class:`CommandFailed` when Nix does."""
+        await run([self.tool("nix"), "--extra-experimental-features", "nix-command", "copy", "--to", to,
+                   *paths], timeout)
 
 
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
