@@ -12,7 +12,7 @@ from buildref.errors import BadStorePath
 from buildref.git.source import GitRepository
 from buildref.git.tree_nar import BlobRef, Fragment, TreeNarCache, TreeRule
 from buildref.nix.storepath import check_name
-from gitrepos import RandomRepo, tracked_dirs
+from gitrepos import RandomRepo, read_nar, read_tree, tracked_dirs
 from helpers import Nix, assert_error_line, buildref, buildref_json, git, nix_string
 
 SEEDS = range(8)
@@ -92,9 +92,12 @@ def test_subdirectories_match_nix_copies(nix: Nix, tmp_path: Path, seed: int) ->
 
 @pytest.mark.parametrize("seed", range(4))
 def test_raw_rule_is_the_committed_tree(nix: Nix, tmp_path: Path, seed: int) -> None:
-    """Flake inputs on Nix >= 2.20 ignore export-ignore: the NAR of the tree as checked out."""
+    """Flake inputs on Nix >= 2.20 ignore export-ignore and every rewrite: the NAR of the tree as
+    committed (checked out here with git's conversions switched off by info/attributes)."""
     repo = RandomRepo(tmp_path / "repo", seed + 200)
     revs = repo.build(3)
+    no_conversions = "* -text -ident !eol !crlf !working-tree-encoding\n"
+    (repo.path / ".git" / "info" / "attributes").write_text(no_conversions)
     for i, rev in enumerate(revs):
         checkout = tmp_path / f"checkout{i}"
         git(repo.path, "worktree", "add", "-q", "--detach", str(checkout), rev)
@@ -186,7 +189,72 @@ def test_memory_budget_changes_memory_not_hashes(nix: Nix, tmp_path: Path) -> No
     for rev, nar_hash in zip(revs, want, strict=True):
         assert default.source(rev).nar_hash.sri == nar_hash
         assert streamed.source(rev).nar_hash.sri == nar_hash
-    tree = streamed.resolve(revs[-1]).tree_id.raw
+    commit = streamed.resolve(revs[-1])
+    tree, data = commit.tree_id.raw, streamed.commit_data(commit)
     files = int(repo.git("ls-tree", "-r", "--name-only", revs[-1], "--", ".").count("\n")) + 1
-    assert _blob_refs(streamed.trees.fragment(tree, TreeRule.EXPORT_IGNORE)) >= files // 2
-    assert _blob_refs(default.trees.fragment(tree, TreeRule.EXPORT_IGNORE)) >= 1  # big.bin
+    assert _blob_refs(streamed.trees.fragment(tree, TreeRule.EXPORT_IGNORE, commit=data)) >= files // 2
+    assert _blob_refs(default.trees.fragment(tree, TreeRule.EXPORT_IGNORE, commit=data)) >= 1  # big.bin
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fetchgit_applies_the_rewrites(nix: Nix, tmp_path: Path, seed: int) -> None:
+    """What Nix puts in the store is git archive's output, rewrites included, and buildref has it
+    byte for byte: files whose bytes differ from their blobs are there to compare."""
+    repo = RandomRepo(tmp_path / "repo", seed + 400)
+    revs = repo.build(3)
+    fetched = _fetch_all(nix, repo.path, revs)
+    source = GitRepository(str(repo.path))
+    rewritten = 0
+    for rev, want in zip(revs, fetched, strict=True):
+        store = read_tree(Path(str(want["path"])))
+        commit = source.resolve(rev)
+        ours = read_nar(b"".join(source.trees.dump(source.trees.fragment(
+            commit.tree_id.raw, TreeRule.EXPORT_IGNORE, commit=source.commit_data(commit)))))
+        raw = read_nar(b"".join(source.trees.dump(source.trees.fragment(commit.tree_id.raw, TreeRule.RAW))))
+        assert ours == store
+        rewritten += sum(1 for path, node in store.items() if node[0] != "dir" and raw[path] != node)
+        assert source.source(rev).nar_hash.sri == want["narHash"]
+    assert rewritten > 0
+
+
+def _subst_repo(path: Path) -> RandomRepo:
+    repo = RandomRepo(path, 1, export_ignore=False)
+    repo.write(b".gitattributes", b"*.txt export-subst\n*.bat eol=crlf\n")
+    for d in range(20):
+        for f in range(10):
+            repo.write(f"dir{d}/sub/file{f}.c".encode(), os.urandom(64))
+    repo.write(b"dir3/sub/version.txt", b"$Format:%H %cI$\n")
+    repo.write(b"dir5/run.bat", b"echo\n")
+    return repo
+
+
+def test_export_subst_subtrees_serve_one_commit(nix: Nix, tmp_path: Path) -> None:
+    """Two commits of the same tree: the subtree holding the expanded file differs between them,
+    the rest is shared, and each hash is Nix's."""
+    repo = _subst_repo(tmp_path / "repo")
+    first = repo.commit()
+    second = repo.commit()  # --allow-empty: the very same tree
+    source = GitRepository(str(repo.path))
+    a = source.source(first)
+    before = source.trees.trees_read
+    b = source.source(second)
+    assert source.trees.trees_read - before == 3  # the root, dir3 and dir3/sub: nothing else
+    assert a.nar_hash != b.nar_hash
+    assert source.source(first).nar_hash == a.nar_hash  # a later pass over the first commit agrees
+    want = _fetch_all(nix, repo.path, [first, second])
+    assert [a.nar_hash.sri, b.nar_hash.sri] == [w["narHash"] for w in want]
+
+
+def test_rewrites_keep_the_memo(tmp_path: Path) -> None:
+    """With rewriting attributes, the next commit still rereads only the trees that changed (and
+    those holding expanded placeholders)."""
+    repo = _subst_repo(tmp_path / "repo")
+    first = repo.commit()
+    repo.write(b"dir7/sub/file3.c", b"changed")
+    second = repo.commit()
+    source = GitRepository(str(repo.path))
+    source.source(first)
+    before = source.trees.trees_read
+    info = source.source(second)
+    assert source.trees.trees_read - before == 5  # the root, dir7, dir7/sub, dir3, dir3/sub
+    assert info.nar_hash == GitRepository(str(repo.path)).source(second).nar_hash

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import tomli_w
 
-from buildref.config import parse_config
+from buildref.config import CacheConfig, HttpConfig, UploadConfig, parse_config
 from helpers import NIX_CONFIG, Nix, nix_string
 from servicectl import ServiceProcess, wait_for
 
@@ -30,10 +30,6 @@ EVAL = ROOT / "tests" / "nix" / "eval-module.nix"
 VENDORED = ROOT / "tests" / "nix" / "nixpkgs-lib"
 ENABLED = "{ services.buildref.enable = true; }"
 APP = '{ services.buildref.repositories = [ { name = "app"; path = "/srv/app"; } ]; }'
-
-# Keys from the round-two contracts (design.md) that this branch's config.py does not read yet; the
-# tests check them literally and hand the rest to the service's parser.
-ROUND_TWO_KEYS = {"http", "cache", "upload"}
 
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in ROOT.rglob("*.nix")
@@ -129,6 +125,7 @@ def test_module_wires_hook_sockets_and_service(nix: Nix) -> None:
     config = unit(report)
     assert config["Type"] == "notify" and config["User"] == "buildref"
     assert config["StateDirectory"] == "buildref buildref/spool"
+    assert config["StateDirectoryMode"] == "0700"  # what the service narrows them to (statedir.py)
     assert config["ProtectSystem"] == "strict" and config["NoNewPrivileges"] and config["PrivateTmp"]
     assert config["LimitNOFILE"] == 65536
     assert families(report) == ["AF_UNIX"]
@@ -144,7 +141,7 @@ def test_module_wires_hook_sockets_and_service(nix: Nix) -> None:
     # the settings are TOML the service accepts, with the same paths as the units
     settings = settings_of(report)
     assert settings["builder"] == "nixos"  # networking.hostName's default
-    parsed = parse_config({k: v for k, v in settings.items() if k not in ROUND_TWO_KEYS})
+    parsed = parse_config(settings)
     assert parsed.hook.path == hook_socket["ListenStream"]
     assert parsed.query.path == query_socket["ListenStream"]
     assert parsed.state_dir == "/var/lib/buildref" and parsed.spool_dir == "/var/lib/buildref/spool"
@@ -478,12 +475,14 @@ def test_http_listens_where_configured_and_the_firewall_stays_closed(nix: Nix) -
     assert "http" not in settings_of(evaluate(nix, ENABLED))
     report = evaluate(nix, ENABLED, "{ services.buildref.http.enable = true; }")
     assert settings_of(report)["http"] == {"listen": "127.0.0.1:8745"}
+    assert parse_config({"http": settings_of(report)["http"]}).http == HttpConfig("127.0.0.1", 8745)
     assert families(report) == ["AF_UNIX", "AF_INET", "AF_INET6"]
     assert report["allowedTCPPorts"] == [] and report["warnings"] == []
 
     report = evaluate(nix, ENABLED, buildref_module(
         'http = { enable = true; listen = "[::]:9000"; openFirewall = true; };'))
     assert settings_of(report)["http"] == {"listen": "[::]:9000"} and report["allowedTCPPorts"] == [9000]
+    assert parse_config({"http": settings_of(report)["http"]}).http == HttpConfig("::", 9000)
 
     report = evaluate(nix, ENABLED, "{ services.buildref.http = { enable = true; openFirewall = true; }; }")
     assert report["allowedTCPPorts"] == [8745]
@@ -500,6 +499,8 @@ def test_caches_are_written_as_cache_tables(nix: Nix) -> None:
     assert settings["cache"] == [{"url": "https://cache.example.org", "public_keys": [key]},
                                  {"url": "file:///srv/cache", "public_keys": []}]
     assert "\n[[cache]]\n" in tomli_w.dumps(settings)
+    parsed = parse_config(settings)
+    assert parsed.caches == (CacheConfig("https://cache.example.org", (key,)), CacheConfig("file:///srv/cache"))
     assert families(report) == ["AF_UNIX", "AF_INET", "AF_INET6"]
 
     local = evaluate(nix, ENABLED, '{ services.buildref.caches = [ { url = "file:///srv/cache"; } ]; }')
@@ -513,6 +514,9 @@ def test_upload_is_written_with_its_key_handed_over_by_systemd(nix: Nix) -> None
     assert "upload" not in settings_of(evaluate(nix, ENABLED))
     report = evaluate(nix, ENABLED, '{ services.buildref.upload.to = "s3://nix-cache?region=eu-west-1"; }')
     assert settings_of(report)["upload"] == {"to": "s3://nix-cache?region=eu-west-1"}
+    settings = settings_of(report)
+    parsed = parse_config(settings)
+    assert parsed.upload == UploadConfig("s3://nix-cache?region=eu-west-1")
     assert families(report) == ["AF_UNIX", "AF_INET", "AF_INET6"] and "LoadCredential" not in unit(report)
 
     report = evaluate(nix, ENABLED, """{ services.buildref.upload = {

@@ -328,6 +328,60 @@ async def test_contents_are_learnt_and_joined(backend: Backend) -> None:
 
 
 @run
+async def test_partial_match_facts(backend: Backend) -> None:
+    """What partial matches are found by: a learnt content's subdirectories and sampled files (both
+    ways, replaced when learnt again), a flat fixed output naming one file of a revision (in the
+    closure, by revision), derivations by id, and what one recorder's repositories take."""
+    src, vendored = f"{S}{'s' * 32}-source", f"{S}{'v' * 32}-vendored"
+    sub, blob1, blob2 = b"\x0a" * 20, b"\x0b" * 20, b"\x0c" * 20
+    rev = "4" * 40
+    raw = DerivationRecord(
+        path=f"{S}{'r' * 32}-raw.drv", name="raw", system="x86_64-linux", fixed_mode="flat",
+        fixed_hash="sha256-FILE", modulo="fixed:out:sha256:00", outputs=(("out", f"{S}{'r' * 32}-raw"),),
+        input_drvs=(), input_srcs=(), rev_hint=rev, path_hint="docs/a.txt")
+    user = drv("user", inputs=((raw.path, "out"),), srcs=(src, vendored))
+    async with backend.open() as store:
+        event = await add_event(store, user.path, 1.0)
+        await store.builds.record([BuildRecord(event, user.path, 1.0, (), (raw, user), (), (src, vendored),
+                                               B)])
+        await store.builds.record_contents([
+            ContentRecord(src, ContentState.DONE, "sha256-SRC", 10, b"\x01" * 20, 3, True,
+                          dirs=(("lib", sub),), samples=(("a", blob1), ("b", blob2))),
+            ContentRecord(vendored, ContentState.DONE, "sha256-VEN", 10, b"\x02" * 20, 2, True,
+                          dirs=(("third_party/x", sub),), samples=(("c", blob2),))])
+        async with store.reading() as r:
+            assert sorted(await r.builds.contents_with_dirs([sub])) == [
+                (src, "lib", sub), (vendored, "third_party/x", sub)]
+            assert await r.builds.dirs_of([src]) == {src: [("lib", sub)]}
+            sampled = await r.builds.contents_sampled([blob1])
+            assert {p: sorted(v) for p, v in sampled.items()} == {src: [("a", blob1), ("b", blob2)]}
+            assert set(await r.builds.contents_sampled([blob2])) == {src, vendored}
+            assert await r.builds.samples_of([vendored]) == {vendored: [("c", blob2)]}
+            [flat] = await r.builds.flat_fixed(rev)
+            assert (flat.fixed_hash, flat.rev, flat.path, flat.output) == (
+                "sha256-FILE", rev, "docs/a.txt", f"{S}{'r' * 32}-raw")
+            assert await r.builds.flat_fixed("5" * 40) == []
+            used = await r.builds.derivations_using([], [], 64, [flat.drv_id])
+            top = next(i for i, d in used.items() if d == 1)
+            closure = await r.builds.closure(top)
+            assert [(c.path, c.fixed_hash, c.rev_hint, c.path_hint) for c in closure if c.path_hint] == [
+                (f"{S}{'r' * 32}-raw", "sha256-FILE", rev, "docs/a.txt")]
+        # learnt again: what it holds now replaces what it held
+        await store.builds.record_contents([ContentRecord(src, ContentState.DONE, "sha256-SRC", 10,
+                                                          b"\x01" * 20, 3, True, samples=(("a", blob1),))])
+        await store.sources.record_revisions(RepositoryRecord("/home/u/r", "/home/u/r", None, "1000"),
+                                             [RevisionRecord(rev, 1, sub, sub)], {sub, blob1},
+                                             [TreeRecord(sub, None, "sha256-SUB", 1, 1, True)],
+                                             [RefChange("refs/heads/main", rev)])
+        async with store.reading() as r:
+            assert await r.builds.dirs_of([src]) == {}
+            assert await r.builds.samples_of([src]) == {src: [("a", blob1)]}
+            usage = await r.sources.usage("1000")
+            assert (usage.repositories, usage.rows) == (1, 1 + 1 + 2)  # a revision, a move, two forms
+            assert (await r.sources.usage("config")).repositories == 0
+
+
+@run
 async def test_a_reader_never_sees_uncommitted_or_rolled_back_writes(backend: Backend) -> None:
     """A reader asks while another task's write transaction is open: it neither waits for it nor
     sees its rows; once that transaction is rolled back, nobody ever does."""

@@ -1,9 +1,10 @@
 """``buildref serve``: builds every component once, owns their lifetimes on one exit stack and
 their tasks in one TaskGroup, and shuts down in one order, each step awaited:
 
-stop accepting -> let open requests finish (then cancel them: a ``record`` running git too) ->
-stop the spool and the watchers -> commit what the inbox holds -> index what is pending (bounded)
--> stop the watchdog thread -> close the index -> remove the sockets it made.
+stop accepting (hook and query sockets, HTTP) -> let open requests finish (then cancel them: a
+``record`` running git too) -> stop the spool and the watchers -> commit what the inbox holds ->
+index what is pending (bounded) -> stop the watchdog thread -> close the index -> remove the
+sockets it made.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import structlog
@@ -23,10 +24,13 @@ from watchdog.observers.api import BaseObserver
 
 from buildref.api import rpc
 from buildref.api.hookline import HookLines
-from buildref.api.operations import Caller, Services, UnknownMethod, call
+from buildref.api.http import HttpServer, listening
+from buildref.api.metrics import Metrics
+from buildref.api.operations import Admission, Caller, Services, UnknownMethod, call
 from buildref.api.sockets import MAX_LINE, LineServer, Peer, inherited_sockets, listen_unix, notify
 from buildref.config import Config
-from buildref.errors import BadConfig, BuildrefError
+from buildref.diskspace import SpaceFloor
+from buildref.errors import BadConfig, BuildrefError, IndexLost
 from buildref.ingest.contents import ContentLearner
 from buildref.ingest.inbox import Inbox
 from buildref.ingest.indexer import Indexer
@@ -40,10 +44,13 @@ from buildref.sources.locks import LockRecorder
 from buildref.sources.recorder import RefRecorder
 from buildref.sources.repositories import Repositories
 from buildref.sources.watch import RepoWatcher
-from buildref.store import open_store
+from buildref.statedir import locked, private_dir
+from buildref.store import open_store, sqlite_path
 
 SHUTDOWN_GRACE = 5.0  # seconds open requests get to finish after SIGTERM, before they are cancelled
 INDEX_DRAIN = 60.0  # seconds SIGTERM waits for pending events to be indexed (the rest wait for next start)
+RESTART_FIRST = 1.0  # seconds before a background task that failed runs again; doubled each time
+RESTART_MAX = 60.0
 
 
 @contextlib.contextmanager
@@ -71,6 +78,13 @@ def _sockets(config: Config) -> Iterator[tuple[socket.socket, socket.socket, boo
                 os.unlink(path)
 
 
+def _index_directory(config: Config) -> str:
+    """Where the index's file lives (its free space is what the floor guards)."""
+    if config.database.startswith("sqlite://"):
+        return os.path.dirname(sqlite_path(config.database)) or "/"
+    return config.state_dir
+
+
 @contextlib.contextmanager
 def _observer() -> Iterator[BaseObserver]:
     """One watchdog thread for the spool and the repositories."""
@@ -84,24 +98,78 @@ def _observer() -> Iterator[BaseObserver]:
             observer.join(timeout=5)
 
 
+async def _supervised(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """``run`` for the life of the service: whatever error it lets out (a bug, a failure nobody
+    foresaw) is logged and ``run`` started again, backing off; it never stops the service. Only
+    :class:`IndexLost` does: nothing written from then on would survive."""
+    log = structlog.get_logger()
+    delay = RESTART_FIRST
+    while True:
+        began = time.monotonic()
+        try:
+            await run()
+            return
+        except IndexLost:
+            raise
+        except Exception as e:
+            if time.monotonic() - began > RESTART_MAX:  # it ran well for a while: a fresh failure
+                delay = RESTART_FIRST
+            log.error("task failed; restarting it", task=name, restart_in=delay, exc_info=e)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RESTART_MAX)
+
+
+def _buildref_error(group: BaseExceptionGroup[Any]) -> BuildrefError | None:
+    """The first error of buildref's own in what a TaskGroup raised, to be said in one line."""
+    for e in group.exceptions:
+        if isinstance(e, BuildrefError):
+            return e
+        if isinstance(e, BaseExceptionGroup):
+            found = _buildref_error(e)
+            if found is not None:
+                return found
+    return None
+
+
 async def serve(config: Config) -> None:
+    """Run the service until SIGTERM or SIGINT. Raises a :class:`BuildrefError` (one line for
+    the operator) when it cannot start, or must stop: the state directory is another service's,
+    the index cannot be opened, or it was deleted while running."""
+    try:
+        await _serve(config)
+    except ExceptionGroup as group:  # from the TaskGroup: only IndexLost ends a task on purpose
+        error = _buildref_error(group)
+        if error is None:
+            raise
+        raise error from None
+
+
+async def _serve(config: Config) -> None:
     log = structlog.get_logger()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    os.makedirs(config.state_dir, mode=0o755, exist_ok=True)
     started = time.time()
 
     async with contextlib.AsyncExitStack() as stack:
+        # private whatever the umask: the index, the spool and mirrors of private repositories
+        private_dir(config.state_dir)
+        stack.enter_context(locked(config.state_dir))  # before anything in it is touched
+        private_dir(os.path.join(config.state_dir, "mirrors"))
+        private_dir(config.spool_dir)
         store = await stack.enter_async_context(open_store(config.database, config.inbox, config.builder))
         hook_sock, query_sock, activated = stack.enter_context(_sockets(config))
+        http_socks = stack.enter_context(listening(config.http)) if config.http else None
         observer = stack.enter_context(_observer())
 
         repositories = Repositories(config.repositories, os.path.join(config.state_dir, "mirrors"))
         locks = LockRecorder(store, config.flake_locks, config.store_dir)
         git = GitWork(config.store_dir)
-        recorder = RefRecorder(store, repositories, git, locks, config.builder)
+        stack.callback(git.close)
+        recorder = RefRecorder(store, repositories, git, locks, config.limits,
+                               SpaceFloor(_index_directory(config), config.limits.min_free_mb),
+                               config.builder)
         nix = Nix(config.nix_bin_dir)
         learner = ContentLearner(store, nix)
         indexer = Indexer(store, nix, config.store_dir, learner.wake, config.builder)
@@ -120,7 +188,8 @@ async def serve(config: Config) -> None:
             return await status(store, activity(), config.spool_dir)
 
         queries = QueryContext(store, repositories, git, config.store_dir, config.builder)
-        services = Services(queries, recorder, current_status)
+        services = Services(queries, recorder, current_status, config.limits,
+                            Admission(config.limits.user_requests))
 
         def on_query_error(what: str, e: BaseException) -> None:
             if isinstance(e, BuildrefError):
@@ -145,28 +214,42 @@ async def serve(config: Config) -> None:
         idle = config.idle_timeout
         hook_server = LineServer(hook_lines.line, hook_lines.too_long, idle, on_connection_error)
         query_server = LineServer(query_line, query_too_long, idle, on_connection_error)
+        http_server = None
+        if config.http is not None and http_socks is not None:
+            http_server = HttpServer(http_socks, services, current_status, Metrics(), on_query_error,
+                                     idle_timeout=idle, max_connections=config.http.max_connections)
+            stack.push_async_callback(http_server.close)  # on any way out, before the index closes
 
         async with asyncio.TaskGroup() as tasks:
-            inbox_task = tasks.create_task(inbox.run())
-            indexer_task = tasks.create_task(indexer.run())
+            inbox_task = tasks.create_task(inbox.run())  # not restarted: it ends only with IndexLost
+            indexer_task = tasks.create_task(_supervised("indexer", indexer.run))
             spool.watch(observer, loop)
             watcher.watch(observer, loop)
             observer.start()
-            background = [tasks.create_task(spool.run()), tasks.create_task(watcher.run()),
-                          tasks.create_task(learner.run())]
+            background = [tasks.create_task(_supervised("spool", spool.run)),
+                          tasks.create_task(_supervised("watcher", watcher.run)),
+                          tasks.create_task(_supervised("contents", learner.run))]
             await hook_server.start(hook_sock)
             await query_server.start(query_sock)
-            notify(f"READY=1\nSTATUS=serving on {config.hook.path} and {config.query.path}")
-            log.info("serving", hook=config.hook.path, query=config.query.path, database=store.location,
-                     builder=config.builder, pid=os.getpid(), socket_activated=activated)
+            if http_server is not None:
+                await http_server.start()
+            http = config.http.address if config.http else None
+            notify(f"READY=1\nSTATUS=serving on {config.hook.path} and {config.query.path}"
+                   + (f" and http://{http}" if http else ""))
+            log.info("serving", hook=config.hook.path, query=config.query.path, http=http,
+                     database=store.location, builder=config.builder, pid=os.getpid(),
+                     socket_activated=activated)
 
             await stop.wait()
             notify("STOPPING=1")
             log.info("stopping")
             hook_server.stop_accepting()
             query_server.stop_accepting()
-            cancelled = sum(await asyncio.gather(hook_server.drain(SHUTDOWN_GRACE),
-                                                 query_server.drain(SHUTDOWN_GRACE)))
+            draining = [hook_server.drain(SHUTDOWN_GRACE), query_server.drain(SHUTDOWN_GRACE)]
+            if http_server is not None:
+                http_server.stop_accepting()
+                draining.append(http_server.drain(SHUTDOWN_GRACE))
+            cancelled = sum(await asyncio.gather(*draining))
             if cancelled:
                 log.warning("requests cancelled at shutdown", count=cancelled)
             for task in background:

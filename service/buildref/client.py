@@ -1,14 +1,20 @@
-"""Talking to a running ``buildref serve``: queries over the query socket (JSON-RPC shaped lines),
-answered as models; events over the hook socket (``buildref import``: the hook's own pipeline)."""
+"""Talking to a running ``buildref serve``: queries answered as models, over one of two transports
+— the query socket (JSON-RPC shaped lines) or the HTTP API (``--url``, ``BUILDREF_URL``), whose
+error answers become the same errors — and events over the hook socket (``buildref import``: the
+hook's own pipeline)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-from buildref.api import rpc
+from buildref import __version__
+from buildref.api import httpwire, rpc
 from buildref.api.sockets import request
+from buildref.errors import BuildrefError, ServiceUnavailable
 from buildref.hook import encode_event
 from buildref.models import (
     Build,
@@ -33,15 +39,76 @@ from buildref.models import (
 )
 
 
-class QueryClient:
+class Transport(Protocol):
+    def call(self, method: str, params: Wire) -> Any:
+        """The answer's JSON; an error answer is raised as the error of its kind."""
+
+
+class SocketTransport:
+    """The query socket: one JSON-RPC line each way."""
+
     def __init__(self, socket_path: str, timeout: float = 30.0) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
 
     def call(self, method: str, params: Wire) -> Any:
-        """The answer's JSON; an error answer is raised as the error of its kind."""
         answer = request(self.socket_path, rpc.request_line(method, params.to_json()), self.timeout)
         return rpc.parse_response(answer)
+
+
+class HttpTransport:
+    """The HTTP API: ``GET {url}/api/v1/{method}?{params}``; urllib from the standard library,
+    imported at the first request (the command line stays quick to start)."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise BuildrefError(f"'{url[:200]}' is not a buildref URL: give http://HOST:PORT "
+                                "(--url or BUILDREF_URL)")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def call(self, method: str, params: Wire) -> Any:
+        import http.client
+        import urllib.error
+        import urllib.request
+
+        query = httpwire.query_string(params.to_json())
+        target = f"{self.url}{httpwire.API_PREFIX}{method}" + (f"?{query}" if query else "")
+        asked = urllib.request.Request(target, headers={"Accept": "application/json",
+                                                        "User-Agent": f"buildref/{__version__}"})
+        try:
+            with urllib.request.urlopen(asked, timeout=self.timeout) as answer:
+                body = answer.read()
+        except urllib.error.HTTPError as e:
+            with e:
+                raise httpwire.error_from(e.code, e.read(), self.url) from None
+        except urllib.error.URLError as e:
+            reason = e.reason.strerror if isinstance(e.reason, OSError) and e.reason.strerror else e.reason
+            if isinstance(e.reason, TimeoutError):
+                reason = f"no answer within {self.timeout:.0f} s"
+            raise ServiceUnavailable(f"cannot reach buildref at {self.url}: {reason}") from None
+        except TimeoutError:
+            raise ServiceUnavailable(f"buildref at {self.url} did not answer within {self.timeout:.0f} s"
+                                     ) from None
+        except OSError as e:  # the connection dropped mid-answer, ...
+            raise ServiceUnavailable(f"buildref at {self.url}: {e.strerror or e}") from None
+        except http.client.HTTPException as e:  # not HTTP at all, or cut short
+            raise ServiceUnavailable(f"buildref at {self.url} did not answer in HTTP "
+                                     f"({type(e).__name__})") from None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise ServiceUnavailable(f"buildref at {self.url} answered, but not in JSON") from None
+
+
+class QueryClient:
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def call(self, method: str, params: Wire) -> Any:
+        """The answer's JSON; an error answer is raised as the error of its kind."""
+        return self.transport.call(method, params)
 
     def _list(self, method: str, params: Wire) -> list[Any]:
         result = self.call(method, params)

@@ -3,7 +3,9 @@ defaults for a system install, checked once at start so a typo fails loudly inst
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -25,10 +27,57 @@ class SocketConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """``[http]``: the read-only HTTP API and metrics; off unless ``listen`` is set."""
+
+    host: str  # an IP address, or a host name (every address it has at start is listened on)
+    port: int
+    max_connections: int = 256  # open connections; more are answered 503 and closed
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class Repository:
+    """A repository the service reads: configured, or recorded by someone. ``owner``: the user
+    whose rights bound what may be read there (a repository a user recorded); None when the
+    service may read all of it (configured, or recorded by root)."""
+
     name: str
     path: str
     url: str | None = None
+    owner: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """One ``[[cache]]``: a binary cache checked for presence, and the keys whose signatures count."""
+
+    url: str
+    public_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UploadConfig:
+    """``[upload]``: where every build's outputs are copied (any ``nix copy --to`` store URI)."""
+
+    to: str
+    batch: int = 32  # paths per `nix copy`
+    max_backoff: float = 3600.0  # seconds at most between two tries of a failing path
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one request and one user can make the service do (``[limits]``)."""
+
+    query_seconds: float = 30.0  # one query, its git work included
+    record_seconds: float = 600.0  # one ``record``
+    user_requests: int = 4  # requests one user (not root) may have running at once
+    user_repositories: int = 32  # repositories one user (not root) may have recorded
+    user_rows: int = 500_000  # index rows (revisions, ref moves, directories) of one user's repositories
+    min_free_mb: int = 256  # below this much free space for the index, only builds are recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +94,10 @@ class Config:
     log_level: str = "info"
     nix_bin_dir: str = ""  # where nix lives; "" means PATH
     idle_timeout: float = 10.0  # seconds a client may stay connected without sending a whole line
+    http: HttpConfig | None = None  # the HTTP API: off unless configured
+    limits: Limits = Limits()
+    caches: tuple[CacheConfig, ...] = ()
+    upload: UploadConfig | None = None
     builder: str = ""  # recorded with each build; parse_config fills in the host name
 
     @property
@@ -54,7 +107,8 @@ class Config:
 
 
 _TOP_KEYS = {"state_dir", "store_dir", "database", "flake_locks", "hook", "query", "repository", "log",
-             "nix_bin_dir", "idle_timeout", "builder"}
+             "nix_bin_dir", "idle_timeout", "http", "limits",
+             "cache", "upload", "builder"}
 MAX_BUILDER = 255
 
 
@@ -97,6 +151,112 @@ def _unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
     extra = sorted(set(table) - allowed)
     if extra:
         raise BadConfig(f"unknown config key {where}{extra[0]}")
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+
+
+def _listen(text: str) -> tuple[str, int]:
+    """``ADDRESS:PORT``: an IPv4 address or a host name, or an IPv6 address in brackets."""
+    usage = 'expected "ADDRESS:PORT", like "127.0.0.1:8745", "[::1]:8745" or "localhost:8745"'
+    bracketed = text.startswith("[")
+    if bracketed:
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+        if ":" in host:
+            raise BadConfig(f'http.listen: put an IPv6 address in brackets, like "[::1]:8745"; got {text!r}')
+    if not sep or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise BadConfig(f"http.listen: {usage} (a port from 1 to 65535), got {text!r}")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if bracketed or len(host) > 253 or not _HOST_NAME.fullmatch(host):
+            raise BadConfig(f"http.listen: {usage}, got {text!r}") from None
+        return host, int(port)
+    if bracketed != (address.version == 6):
+        raise BadConfig(f"http.listen: {usage}, got {text!r}")
+    return str(address), int(port)
+
+
+def _http(data: dict[str, Any]) -> HttpConfig | None:
+    if "http" not in data:
+        return None
+    table = _take(data, "http", dict, "", None)
+    _unknown(table, {"listen", "max_connections"}, "http.")
+    if "listen" not in table:
+        raise BadConfig("http.listen: required in [http] (the HTTP API is off without an [http] table)")
+    host, port = _listen(_take(table, "listen", str, "http.", None))
+    limit = _take(table, "max_connections", int, "http.", 256)
+    if not 1 <= limit <= 100_000:
+        raise BadConfig(f"http.max_connections: expected 1 to 100000, got {limit!r}")
+    return HttpConfig(host, port, limit)
+
+
+def _count(table: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = _take(table, key, int, "limits.", default)
+    if not low <= value <= high:
+        raise BadConfig(f"limits.{key}: expected {low} to {high}, got {value!r}")
+    return int(value)
+
+
+def _limits(data: dict[str, Any]) -> Limits:
+    table = _take(data, "limits", dict, "", {})
+    defaults = Limits()
+    _unknown(table, set(Limits.__dataclass_fields__), "limits.")
+    seconds = {}
+    for key in ("query_seconds", "record_seconds"):
+        value = table.get(key, getattr(defaults, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
+            raise BadConfig(f"limits.{key}: expected a number of seconds (0 < t <= 86400), got {value!r}")
+        seconds[key] = float(value)
+    return Limits(
+        **seconds,
+        user_requests=_count(table, "user_requests", defaults.user_requests, 1, 1000),
+        user_repositories=_count(table, "user_repositories", defaults.user_repositories, 0, 1_000_000),
+        user_rows=_count(table, "user_rows", defaults.user_rows, 0, 10**12),
+        min_free_mb=_count(table, "min_free_mb", defaults.min_free_mb, 0, 10**9),
+    )
+
+
+def _caches(data: dict[str, Any]) -> tuple[CacheConfig, ...]:
+    found = []
+    for i, entry in enumerate(_take(data, "cache", list, "", [])):
+        where = f"cache[{i}]."
+        if not isinstance(entry, dict):
+            raise BadConfig(f"cache[{i}]: expected a table")
+        _unknown(entry, {"url", "public_keys"}, where)
+        url = _take(entry, "url", str, where, None)
+        if not url.startswith(("http://", "https://", "file://")):
+            raise BadConfig(f"{where}url: expected an http://, https:// or file:// binary cache, got {url!r}")
+        # none is allowed (the NixOS module's default) but makes the cache useless: a narinfo
+        # counts only when signed by one of them, and every answer from it says so
+        keys = _take(entry, "public_keys", list, where, [])
+        if not all(isinstance(k, str) for k in keys):
+            raise BadConfig(f"{where}public_keys: expected a list of keys like"
+                            " \"cache.example.org-1:BASE64\"")
+        found.append(CacheConfig(url, tuple(keys)))
+    return tuple(found)
+
+
+def _upload(data: dict[str, Any]) -> UploadConfig | None:
+    if "upload" not in data:
+        return None
+    table = _take(data, "upload", dict, "", None)
+    _unknown(table, {"to", "batch", "max_backoff"}, "upload.")
+    if "to" not in table:
+        raise BadConfig("upload.to: required in [upload] (a `nix copy --to` store URI)")
+    to = _take(table, "to", str, "upload.", None)
+    if not to.strip():
+        raise BadConfig("upload.to: expected a store URI like \"s3://bucket\" or \"file:///srv/cache\"")
+    batch = _take(table, "batch", int, "upload.", 32)
+    if not 1 <= batch <= 1000:
+        raise BadConfig(f"upload.batch: expected 1 to 1000, got {batch!r}")
+    backoff = table.get("max_backoff", 3600.0)
+    if isinstance(backoff, bool) or not isinstance(backoff, int | float) or not 1 <= backoff <= 86400:
+        raise BadConfig(f"upload.max_backoff: expected seconds from 1 to 86400, got {backoff!r}")
+    return UploadConfig(to, batch, float(backoff))
 
 
 def parse_config(data: dict[str, Any]) -> Config:
@@ -150,6 +310,10 @@ def parse_config(data: dict[str, Any]) -> Config:
         log_level=log_level,
         nix_bin_dir=_take(data, "nix_bin_dir", str, "", ""),
         idle_timeout=_positive(data, "idle_timeout", 10.0),
+        http=_http(data),
+        limits=_limits(data),
+        caches=_caches(data),
+        upload=_upload(data),
         builder=_builder(data),
     )
     check_url(config.database)  # now rather than at first use
@@ -173,6 +337,11 @@ def load_config(path: str | None) -> Config:
 def client_socket(arg: str | None) -> str:
     """The query socket a client talks to: ``--socket``, else ``BUILDREF_SOCKET``, else the default."""
     return arg or os.environ.get("BUILDREF_SOCKET") or DEFAULT_QUERY_SOCKET
+
+
+def client_url(arg: str | None) -> str | None:
+    """The HTTP API a client asks instead of the query socket: ``--url``, else ``BUILDREF_URL``."""
+    return arg or os.environ.get("BUILDREF_URL") or None
 
 
 def client_hook_socket(arg: str | None) -> str:

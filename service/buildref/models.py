@@ -412,6 +412,9 @@ class WhyPath(Wire):
     sources: tuple[SourceMatch, ...]
     locked_inputs: tuple[LockedInput, ...]
     builder: str | None = None  # of the build, as in ``Build``
+    # repositories whose history could not be searched through (not at hand, unreadable, or the
+    # query's time bound reached): a revision of theirs may be missing from ``sources``
+    not_searched: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +424,7 @@ class WhyHash(Wire):
     nar_hash: str
     sources: tuple[SourceMatch, ...]
     builds: tuple[MatchedBuild, ...]
+    not_searched: tuple[str, ...] = ()
 
 
 Why = WhyPath | WhyHash

@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="buildref",
         description="Find the Nix build that came from a git ref, and the commit a store path came from.",
+        epilog="The query commands (status, builds, events, show, refs, lookup, why) ask the service on "
+               "its query socket (--socket, $BUILDREF_SOCKET), or its HTTP API when --url or $BUILDREF_URL "
+               "is given (http://buildhost:8745): a deploy host needs no service of its own. record and "
+               "import are for local users, on the query socket.",
     )
     parser.add_argument("--version", action="version", version=f"buildref {__version__}")
     global_options(parser, top=True)
@@ -47,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
             "post-build-hook) and the query socket, drain the spool directory, and index each built "
             "derivation, with its input closure, into the database. Uses systemd socket activation "
             "when started by systemd (sockets named 'hook' and 'query'), else creates the sockets. "
+            "With [http] listen = \"127.0.0.1:8745\" in the config, also serves the read-only HTTP API "
+            "(/api/v1/lookup, why, builds, status, events, refs, show) and Prometheus metrics (/metrics). "
             "SIGTERM finishes queued work and exits 0."
         ),
     )

@@ -18,11 +18,14 @@ if TYPE_CHECKING:
 
 
 def global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
-    """``--socket`` and ``--json``, on the top parser (with defaults) and on every subcommand
-    (without: a subcommand that does not see the option leaves the top parser's value)."""
+    """``--socket``, ``--url`` and ``--json``, on the top parser (with defaults) and on every
+    subcommand (without: a subcommand that does not see the option leaves the top parser's value)."""
     default = (lambda value: value) if top else (lambda _: argparse.SUPPRESS)
     parser.add_argument("--socket", metavar="PATH", default=default(None),
                         help="query socket (default $BUILDREF_SOCKET or /run/buildref/query.sock)")
+    parser.add_argument("--url", metavar="URL", default=default(None),
+                        help="ask the HTTP API of a buildref service instead of a query socket, e.g. "
+                             "http://buildhost:8745 (default $BUILDREF_URL; not for record and import)")
     parser.add_argument("--json", action="store_true", default=default(False),
                         help="print JSON on stdout")
 
@@ -31,11 +34,24 @@ def print_json(value: object) -> None:
     sys.stdout.write(json.dumps(dump(value), indent=2) + "\n")
 
 
-def client(args: argparse.Namespace) -> QueryClient:
-    from buildref.client import QueryClient
-    from buildref.config import client_socket
+def client(args: argparse.Namespace, *, local: bool = False) -> QueryClient:
+    """The service to ask: ``--url`` or ``--socket`` as given, else ``$BUILDREF_URL``, else the
+    query socket. ``local``: a command for local users only (``record``, ``import``), which always
+    asks the query socket."""
+    from buildref.client import HttpTransport, QueryClient, SocketTransport
+    from buildref.config import client_socket, client_url
 
-    return QueryClient(client_socket(args.socket))
+    if args.url and args.socket:
+        raise BuildrefError("give --socket or --url, not both")
+    if local:
+        if args.url:
+            raise BuildrefError(f"'{args.command}' asks the local service on its query socket; --url is for "
+                                "lookup, why, builds, status, events, refs and show")
+        return QueryClient(SocketTransport(client_socket(args.socket)))
+    url = None if args.socket else client_url(args.url)
+    if url is not None:
+        return QueryClient(HttpTransport(url))
+    return QueryClient(SocketTransport(client_socket(args.socket)))
 
 
 def when(value: float | None) -> str:

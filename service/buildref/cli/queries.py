@@ -1,4 +1,5 @@
-"""The commands that ask a running service (through the query socket), and ``import``."""
+"""The commands that ask a running service — through the query socket, or its HTTP API (``--url``,
+``BUILDREF_URL``) — and ``record`` and ``import``, which are for local users (the query socket)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_record(args: argparse.Namespace) -> int:
     params = RecordParams(args.repo, tuple(args.refs) if args.refs else None)
-    return emit(args, client(args).record(params), render.recorded)
+    return emit(args, client(args, local=True).record(params), render.recorded)
 
 
 def cmd_refs(args: argparse.Namespace) -> int:
@@ -62,6 +63,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from buildref.config import client_hook_socket
     from buildref.localstore import DrvReader, default_store_dir
 
+    service = client(args, local=True)  # before any event is sent: a refused --url sends none
     reader = DrvReader(args.store_dir or default_store_dir())
     hook_socket = client_hook_socket(args.hook_socket)
     keys: list[tuple[str, float]] = []
@@ -70,7 +72,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         t = time.time()
         send_event(hook_socket, path, t)  # "ok", or the error it was kept with (shown below)
         keys.append((path, t))
-    states = wait_indexed(client(args), keys, args.timeout)
+    states = wait_indexed(service, keys, args.timeout)
     failed = sum(s.state is not EventState.INDEXED for s in states)
     if args.json:
         print_json(states)

@@ -17,6 +17,12 @@ _DWIM = ("{}", "refs/{}", "refs/tags/{}", "refs/heads/{}", "refs/remotes/{}", "r
 _ABSENT = object()
 
 
+def _oid(raw: bytes) -> Any:
+    import pygit2
+
+    return pygit2.Oid(raw=raw)
+
+
 @dataclass(frozen=True, slots=True)
 class Resolved:
     commit: Any  # pygit2.Commit
@@ -112,15 +118,16 @@ def filters_trees(repo: GitRepository, history: History) -> bool:
     only then can a form that is no git object be one of this repository's roots."""
     if not history.commits:
         return False
-    root = history.commits[0][1]
-    return any(repo.forms.form(root, rule).oid != root for rule in TreeRule)
+    commit, root, _ = history.commits[0]
+    data = repo.commit_data(repo.repo[_oid(commit)])
+    return any(repo.forms.form(root, rule, commit=data).oid != root for rule in TreeRule)
 
 
 def find(repo: GitRepository, history: History, form: bytes, raw: bytes | None, deadline: float,
-         limit: int = 5) -> Search:
-    """The newest commits (at most ``limit``) that have ``form`` at their root or in a directory,
-    under either rule. ``raw``: the git tree the form was made from, when known (an export-ignore
-    form, or one with submodules, is not a git object itself)."""
+         limit: int = 5, roots_only: bool = False) -> Search:
+    """The newest commits (at most ``limit``) that have ``form`` at their root or (unless
+    ``roots_only``) in a directory, under either rule. ``raw``: the git tree the form was made
+    from, when known (an export-ignore form, or one with submodules, is not a git object itself)."""
     import pygit2
 
     target = raw if raw is not None else form
@@ -135,7 +142,7 @@ def find(repo: GitRepository, history: History, form: bytes, raw: bytes | None, 
             search.places.append(place)
             if len(search.places) >= limit:
                 return search
-    if search.places:
+    if search.places or roots_only:
         return search
     return _subtrees(repo, history, form, target, deadline, limit, search)
 
@@ -145,9 +152,10 @@ def _verify(repo: GitRepository, commit: bytes, commit_time: int, subdir: str, f
     import pygit2
 
     oid = pygit2.Oid(raw=commit)
-    tree = repo.repo[oid].tree_id.raw
+    obj = repo.repo[oid]
+    tree, data = obj.tree_id.raw, repo.commit_data(obj)
     rules = tuple(rule for rule in (TreeRule.EXPORT_IGNORE, TreeRule.RAW)
-                  if (found := repo.forms.at(tree, subdir, rule)) is not None and found.oid == form)
+                  if (found := repo.forms.at(tree, subdir, rule, data)) is not None and found.oid == form)
     return Place(str(oid), commit_time, subdir, rules) if rules else None
 
 
@@ -203,8 +211,9 @@ def _roots_by_form(repo: GitRepository, history: History, form: bytes, deadline:
         if i % 16 == 15 and time.monotonic() > deadline:
             search.complete = False
             break
+        data = repo.commit_data(repo.repo[_oid(commit)])
         rules = tuple(rule for rule in (TreeRule.EXPORT_IGNORE, TreeRule.RAW)
-                      if repo.forms.form(root, rule).oid == form)
+                      if (found := repo.forms.form(root, rule, commit=data)).oid == form and found.known)
         if rules:
             search.places.append(Place(str(pygit2.Oid(raw=commit)), commit_time, "", rules))
         if len(search.places) >= limit:

@@ -11,7 +11,7 @@ import os
 import structlog
 
 from buildref.errors import BadArchive
-from buildref.git.forms import TooLarge, path_form
+from buildref.git.forms import TooLarge, read_copy
 from buildref.process import Nix
 from buildref.store.api import ContentRecord, ContentState, Store
 
@@ -24,14 +24,19 @@ MAX_BYTES = 2 << 30  # ... and bytes; larger ones are matched by NAR hash only
 def learn(path: str, nar_hash: str, nar_size: int) -> ContentRecord:
     """The form of one valid store path (runs in a thread: it reads every file)."""
     try:
-        form = path_form(path, MAX_FILES, MAX_BYTES)
+        facts = read_copy(path, MAX_FILES, MAX_BYTES)
     except TooLarge:
         return ContentRecord(path, ContentState.LARGE, nar_hash, nar_size)
     except BadArchive as e:
         if not os.path.lexists(path):
             return ContentRecord(path, ContentState.GONE)
         return ContentRecord(path, ContentState.FAILED, nar_hash, nar_size, error=str(e))
-    return ContentRecord(path, ContentState.DONE, nar_hash, nar_size, form.oid, form.files, form.identifying)
+    form = facts.form
+    if not form.identifying:  # nothing to find it by: keep no subdirectories or samples either
+        return ContentRecord(path, ContentState.DONE, nar_hash, nar_size, form.oid, form.files, False)
+    dirs = tuple((subdir, f.oid) for subdir, f in facts.dirs)
+    return ContentRecord(path, ContentState.DONE, nar_hash, nar_size, form.oid, form.files, True, None, dirs,
+                         facts.samples)
 
 
 class ContentLearner:

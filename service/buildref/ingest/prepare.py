@@ -42,12 +42,15 @@ _REV = re.compile(rb"(?<![0-9a-f])[0-9a-f]{40}(?![0-9a-f])")
 _HINT_KEYS = (b"rev", b"url", b"urls")  # fetchgit's rev; fetchFromGitHub's .../archive/<rev>.tar.gz
 
 
-def rev_hint(env: tuple[tuple[bytes, bytes], ...]) -> str | None:
-    """The git revision a fixed-output derivation says it fetches, when it names one."""
+def rev_hint(env: tuple[tuple[bytes, bytes], ...]) -> tuple[str | None, str | None]:
+    """The git revision a fixed-output derivation says it fetches, when it names one, and the file
+    of it when a URL names one (``.../<rev>/<path>``: a raw file from a forge)."""
     for key, value in env:
         if key in _HINT_KEYS and (m := _REV.search(value)):
-            return m.group().decode()
-    return None
+            rest = value[m.end():].split(b" ")[0].split(b"?")[0].split(b"#")[0]
+            path = rest[1:].decode(errors="replace") if key != b"rev" and rest.startswith(b"/") else None
+            return m.group().decode(), path or None
+    return None, None
 
 
 def prepare_build(reader: DrvReader, top: str, new: list[str], known: dict[str, str]) -> PreparedBuild:
@@ -68,6 +71,7 @@ def prepare_build(reader: DrvReader, top: str, new: list[str], known: dict[str, 
         if own != path:
             raise BadDerivation(f"{path}: its contents belong at {own}: the store is corrupt")
         mode, fixed_hash = _fixed(sections.outputs)
+        hints = rev_hint(sections.env) if mode else (None, None)
         if mode == "recursive":
             contents += [o.path for o in sections.outputs if o.path]
         contents += [s for s in sections.input_srcs if not s.endswith(".drv")]
@@ -81,7 +85,8 @@ def prepare_build(reader: DrvReader, top: str, new: list[str], known: dict[str, 
             outputs=tuple((o.name, o.path or None) for o in sections.outputs),
             input_drvs=tuple((p, " ".join(node.outputs)) for p, node in sections.input_drvs),
             input_srcs=sections.input_srcs,
-            rev_hint=rev_hint(sections.env) if mode else None,
+            rev_hint=hints[0],
+            path_hint=hints[1] if mode == "flat" else None,
         ))
     data, drv = reader.read(top)
     mismatches = verify(top, data, drv, hasher)

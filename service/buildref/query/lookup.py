@@ -7,28 +7,43 @@ whether or not it was ever a ref's tip; arrival order does not matter."""
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import os
 import re
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from buildref.config import Repository
-from buildref.errors import UnknownRevision
+from buildref.errors import BadArchive, BuildrefError, UnknownRevision
+from buildref.git.forms import blob_id, distinctive_leaf, read_copy
 from buildref.git.history import resolve
+from buildref.git.partial import CANDIDATES, Relation, best_relation, prefixes
 from buildref.git.source import GitRepository
 from buildref.git.tree_nar import TreeRule
-from buildref.models import Fallback, Lookup, LookupParams, Match, MatchedBuild, Source
+from buildref.models import (
+    Extra,
+    Fallback,
+    FileCounts,
+    Lookup,
+    LookupParams,
+    Match,
+    MatchedBuild,
+    RecordedBy,
+    Source,
+)
 from buildref.nix.hashes import Hash, HashAlgo
 from buildref.nix.storepath import source_path
 from buildref.query.context import GIT_BUDGET, QueryContext, at_hand, recorded_by, recorded_repository
 from buildref.sources.recorder import RevisionForms, first_parents, revision_forms
-from buildref.store.api import ContentRecord, IndexedBuild, Reader, RepositoryInfo
+from buildref.store.api import ContentRecord, FlatFixed, IndexedBuild, Reader, RepositoryInfo
 
 MAX_DISTANCE = 64  # steps up the closure graph a lookup follows
 FALLBACK_DEPTH = 200  # first-parent ancestors a lookup tries when the revision has no build
+MANIFEST_FILES = 100_000  # a store copy with more files (or bytes) is not compared file by file
+MANIFEST_BYTES = 1 << 30
 _HEX_PREFIX = re.compile(r"[0-9a-f]{4,40}")
 
 
@@ -44,10 +59,11 @@ def matched(found: IndexedBuild, distance: int) -> MatchedBuild:
 
 
 async def builds_using(reader: Reader, paths: Collection[str], hashes: Collection[str], direct: bool,
-                       name_glob: str | None) -> list[MatchedBuild]:
+                       name_glob: str | None, drv_ids: Collection[int] = ()) -> list[MatchedBuild]:
     """The newest build of each derivation that used one of ``paths`` (or whose recursive fixed
-    output is one of ``hashes``), and of those above it; closest first, then newest."""
-    distance = await reader.builds.derivations_using(paths, hashes, 0 if direct else MAX_DISTANCE)
+    output is one of ``hashes``, or that is one of ``drv_ids``), and of those above it; closest
+    first, then newest."""
+    distance = await reader.builds.derivations_using(paths, hashes, 0 if direct else MAX_DISTANCE, drv_ids)
     builds = [matched(found, distance[found.drv_id]) for found in await reader.builds.newest_builds(distance)
               if name_glob is None or fnmatch.fnmatchcase(found.build.name, name_glob)]
     builds.sort(key=lambda b: (b.distance, -b.built_at))
@@ -75,9 +91,10 @@ Roots = dict[TreeRule, tuple[bytes | None, str | None]]  # rule -> (form, NAR ha
 
 def root_digests(repo: GitRepository, forms: RevisionForms) -> Roots:
     roots: Roots = {}
+    commit = repo.resolve(forms.rev)
     for rule in TreeRule:
         form = forms.root(rule)
-        roots[rule] = (form, repo.digest(forms.tree, "", rule).nar_hash.sri if form else None)
+        roots[rule] = (form, repo.digest(commit, "", rule).nar_hash.sri if form else None)
     return roots
 
 
@@ -101,9 +118,11 @@ async def _revision(ctx: QueryContext, reader_info: RepositoryInfo, repo: Reposi
     return Revision(rev, None, {r: (f, known[f].nar_hash if f in known else None) for r, f in pairs.items()})
 
 
-async def join(ctx: QueryContext, info: RepositoryInfo, revision: Revision, direct: bool,
-               name_glob: str | None) -> Joined:
-    """The builds that used the revision's content, and the sources that link them."""
+async def join(ctx: QueryContext, info: RepositoryInfo, repo: Repository | None, revision: Revision,
+               direct: bool, name_glob: str | None) -> Joined:
+    """The builds that used the revision's content — exactly (a form), partly (a subset or a
+    superset of its files), or as one file a flat fixed output names — and the sources that link
+    them."""
     where: dict[bytes, list[tuple[str, TreeRule]]] = {}  # identifying form -> its directories
     if revision.forms is not None:
         for d in revision.forms.directories:
@@ -118,12 +137,109 @@ async def join(ctx: QueryContext, info: RepositoryInfo, revision: Revision, dire
         contents = await reader.builds.contents_with_forms(where)
         # sources too large for a form are known by their NAR hash alone
         contents += [c for c in await reader.builds.contents_with_hashes(hashes) if c.form is None]
-        builds = await builds_using(reader, {c.path for c in contents}, hashes, direct, name_glob)
-    return Joined(_sources(info, revision, where, contents, ctx.store_dir), builds)
+        vendored = await reader.builds.contents_with_dirs(where)
+        flat = await reader.builds.flat_fixed(revision.rev)
+    sources = _sources(info, revision, where, contents, ctx.store_dir)
+    by = recorded_by(info)
+    # the revision's whole tree inside a larger source (a submodule filled in, a vendored copy); a
+    # mere directory of it that is also somewhere in a source names nothing
+    vendored = [(path, subdir, form) for path, subdir, form in vendored
+                if any(d == "" for d, _ in where[form])]
+    for path, subdir, form in vendored:
+        nar_hash = trees[form].nar_hash if form in trees else ""
+        rules = tuple(sorted({r.value for d, r in where[form] if d == ""}))
+        sources.append(Source(f"{path}/{subdir}", nar_hash, None, rules, Match.EXACT, recorded_by=by))
+    paths = {c.path for c in contents} | {path for path, _, _ in vendored}
+    drv_ids: set[int] = set()
+    if repo is not None and revision.forms is not None:
+        partly = await _partial(ctx, info, repo, revision, paths)
+        sources += [s for _, s in partly]
+        paths |= {path for path, _ in partly}
+        for item in flat:
+            source = await ctx.git.run(repo, partial(flat_file, rev=revision.rev, item=item))
+            if source is not None:
+                sources.append(replace(source, recorded_by=by))
+                drv_ids.add(item.drv_id)
+    async with ctx.store.reading() as reader:
+        builds = await builds_using(reader, paths, hashes, direct, name_glob, drv_ids)
+    return Joined(tuple(sources), builds)
+
+
+async def _partial(ctx: QueryContext, info: RepositoryInfo, repo: Repository, revision: Revision,
+                   exact: set[str]) -> list[tuple[str, Source]]:
+    """Sources that hold a subset or a superset of the revision's files (or of one of its
+    directories), found through their sampled files and verified file by file; bounded."""
+    assert revision.forms is not None
+    tree, commit = revision.forms.tree, bytes.fromhex(revision.rev)
+    files = await ctx.git.run(repo, lambda git: git.forms.files(tree, "", TreeRule.RAW) or {})
+    blobs = {blob for _, blob in files.values()}
+    async with ctx.store.reading() as reader:
+        sampled = await reader.builds.contents_sampled(blobs)
+        known = await reader.builds.contents(sampled)
+    deadline = time.monotonic() + GIT_BUDGET
+    found: list[tuple[str, Source]] = []
+    for path in sorted(sampled)[:CANDIDATES]:
+        content = known.get(path)
+        if path in exact or content is None or not content.identifying or time.monotonic() > deadline:
+            continue
+        if content.form is not None and await ctx.git.run(repo, partial(has_tree, form=content.form)):
+            continue  # a revision (another one) has it exactly: it is not partly this one's
+        copy = await asyncio.to_thread(manifest, path)
+        if copy is None:
+            continue  # not in the store any more: what it held cannot be compared now
+        for prefix in prefixes(sampled[path], files) or [""]:
+            relate = partial(best_relation, copy=copy, commit=commit, prefix=prefix)
+            relation = await ctx.git.run(repo, relate)
+            if relation is not None:
+                rules, r = relation
+                found.append((path, partial_source(path, content.nar_hash or "", prefix, rules, r,
+                                                   recorded_by(info))))
+                break
+    return found
+
+
+def has_tree(git: GitRepository, form: bytes) -> bool:
+    """Whether ``form`` is a tree of the repository: some revision has that content exactly."""
+    import pygit2
+
+    return pygit2.Oid(raw=form) in git.repo.odb
+
+
+def manifest(path: str) -> dict[str, tuple[bytes, bytes]] | None:
+    """Every file of a store copy (bounded), or None when it cannot be read (gone, too large)."""
+    try:
+        return read_copy(path, MANIFEST_FILES, MANIFEST_BYTES, manifest=True).manifest
+    except BadArchive:
+        return None
+
+
+def partial_source(path: str, nar_hash: str, prefix: str, rules: tuple[TreeRule, ...], r: Relation,
+                   by: RecordedBy) -> Source:
+    match = Match.FILTERED if r.filtered else Match.SUPERSET
+    return Source(path, nar_hash, prefix.rstrip("/") or None, tuple(sorted(rule.value for rule in rules)),
+                  match, FileCounts(r.agreeing, r.total) if r.filtered else None,
+                  None if r.filtered else Extra(r.extra, r.git), by)
+
+
+def flat_file(git: GitRepository, rev: str, item: FlatFixed) -> Source | None:
+    """A flat fixed output that names one file of ``rev``: a match when the file there has the
+    declared hash and could tell this repository from others (not empty, not a common file)."""
+    try:
+        tree = git.resolve(rev).tree
+        entry = tree[item.path]
+    except (BuildrefError, KeyError, ValueError):
+        return None
+    data = git.repo[entry.id].data if entry.type_str == "blob" else None
+    if data is None or not distinctive_leaf(item.path.rsplit("/", 1)[-1].encode(), blob_id(data)):
+        return None
+    if Hash.of(HashAlgo.SHA256, data).sri != item.fixed_hash:
+        return None
+    return Source(item.output or item.path, item.fixed_hash, item.path, (TreeRule.RAW.value,), Match.FILTERED,
+                  FileCounts(1, 1))
 
 
 def _sources(info: RepositoryInfo, revision: Revision, where: dict[bytes, list[tuple[str, TreeRule]]],
-             contents: Sequence[ContentRecord], store_dir: str) -> tuple[Source, ...]:
+             contents: Sequence[ContentRecord], store_dir: str) -> list[Source]:
     by = recorded_by(info)
     roots: dict[str, Source] = {}
     for rule, (form, nar_hash) in revision.roots.items():
@@ -143,7 +259,7 @@ def _sources(info: RepositoryInfo, revision: Revision, where: dict[bytes, list[t
         found[c.path] = Source(c.path, c.nar_hash or "", subdir or None,
                                tuple(sorted({rule.value for s, rule in places if s == subdir})), Match.EXACT,
                                recorded_by=by)
-    return tuple(found.values())
+    return list(found.values())
 
 
 async def _resolve(ctx: QueryContext, reader: Reader, info: RepositoryInfo, repo: Repository | None,
@@ -177,7 +293,7 @@ async def lookup(ctx: QueryContext, p: LookupParams) -> Lookup:
         repo = at_hand(ctx, info)
         ref_name, rev = await _resolve(ctx, reader, info, repo, p.ref, p.at)
     revision = await _revision(ctx, info, repo, rev)
-    joined = await join(ctx, info, revision, p.direct, p.name)
+    joined = await join(ctx, info, repo, revision, p.direct, p.name)
     fallback = None
     builds = joined.builds
     if not builds and repo is not None:

@@ -5,6 +5,7 @@ repositories' history (bounded). Ranked so the answer to trust comes first."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,15 +13,18 @@ from functools import partial
 
 from buildref.errors import BadHash, BuildrefError, NotFound
 from buildref.git.history import History, Place, Search, find
+from buildref.git.partial import PartialPlace, find_partial
 from buildref.git.source import GitRepository
 from buildref.git.tree_nar import TreeRule
-from buildref.models import Match, SourceMatch, Why, WhyHash, WhyPath
+from buildref.models import Match, Source, SourceMatch, Why, WhyHash, WhyPath
 from buildref.nix.hashes import Hash, HashAlgo
-from buildref.query.context import GIT_BUDGET, QueryContext, at_hand, recorded_by
-from buildref.query.lookup import builds_using
-from buildref.store.api import ClosureItem, Reader, RepositoryInfo
+from buildref.nix.nar import hash_path
+from buildref.query.context import GIT_BUDGET, QueryContext, at_hand, recorded_by, searchable
+from buildref.query.lookup import builds_using, flat_file, manifest, partial_source
+from buildref.store.api import ClosureItem, FlatFixed, Reader, RepositoryInfo
 
 PLACES = 5  # commits named per source and repository, newest first
+INSIDE = 50  # directories of one source looked for as revisions' trees
 _DEFAULT_BRANCHES = ("refs/heads/main", "refs/heads/master", "HEAD")
 
 
@@ -51,13 +55,16 @@ async def why(ctx: QueryContext, what: str) -> Why:
         trees = [t for t in await reader.sources.trees_with_hash(nar_hash) if t.identifying]
         contents = [c for c in await reader.builds.contents_with_hashes([nar_hash])
                     if c.identifying or c.form is None]
-        repositories = await reader.sources.repositories()
+        repositories = await searchable(ctx, reader)
         builds = await builds_using(reader, {c.path for c in contents}, [nar_hash], False, None)
     wanted = [Wanted(t.form.hex(), nar_hash, t.form, t.raw, 0, None) for t in trees]
     wanted += [Wanted(c.path, nar_hash, c.form, None, 0, None) for c in contents if c.form is not None
                and c.form not in {t.form for t in trees}]
-    sources = await _find_all(ctx, wanted, repositories, None, deadline)
-    return WhyHash(nar_hash, sources, tuple(builds))
+    found: dict[tuple[str, str, str, str], tuple[tuple[object, ...], SourceMatch]] = {}
+    not_searched: set[str] = set()
+    await _find_all(ctx, wanted, repositories, None, deadline, found, not_searched)
+    sources = tuple(m for _, m in sorted(found.values(), key=lambda entry: entry[0]))
+    return WhyHash(nar_hash, sources, tuple(builds), tuple(sorted(not_searched)))
 
 
 async def _why_path(ctx: QueryContext, path: str, deadline: float) -> WhyPath:
@@ -70,13 +77,32 @@ async def _why_path(ctx: QueryContext, path: str, deadline: float) -> WhyPath:
         hashes = [c.fixed_hash for c in closure if c.fixed_hash]
         wanted = await _wanted(reader, closure)
         pins = await reader.sources.locked_inputs(paths, hashes)
-        repositories = await reader.sources.repositories()
+        repositories = await searchable(ctx, reader)
+        contents = await reader.builds.contents(paths)
     pinned = {(p.store_path, p.rev) for p in pins} | {(p.nar_hash, p.rev) for p in pins}
     wanted = [w if w.rev_hint else Wanted(w.path, w.nar_hash, w.form, w.raw, w.distance, _pin(pinned, w))
               for w in wanted]
-    sources = await _find_all(ctx, wanted, repositories, found.built_at, deadline)
+    found_matches: dict[tuple[str, str, str, str], tuple[tuple[object, ...], SourceMatch]] = {}
+    not_searched: set[str] = set()
+    await _find_all(ctx, wanted, repositories, found.built_at, deadline, found_matches, not_searched)
+    # what no revision has exactly: a revision's tree inside it (vendored, a submodule), or it is a
+    # subset or a superset of a revision's files
+    exact = {key[0] for key in found_matches}
+    rest = [c for c in closure if c.path and c.path not in exact and (content := contents.get(c.path))
+            and content.identifying]
+    if rest:  # (a revision inside a source does not make the source itself a revision's)
+        await _inside(ctx, rest, repositories, found.built_at, deadline, found_matches, not_searched)
+        for item in rest:
+            assert item.path is not None
+            await _partial(ctx, item, contents[item.path].nar_hash or "", repositories, found.built_at,
+                           deadline, found_matches, not_searched)
+    for item in closure:  # a flat fixed output of one file the derivation names
+        if item.path_hint and item.rev_hint:
+            await _flat(ctx, item, repositories, found.built_at, found_matches, not_searched)
+    sources = tuple(m for _, m in sorted(found_matches.values(), key=lambda entry: entry[0]))
     return WhyPath(path=path, drv_path=found.drv_path, output=found.output, built_at=found.built_at,
-                   sources=sources, locked_inputs=tuple(pins), builder=found.builder)
+                   sources=sources, locked_inputs=tuple(pins), not_searched=tuple(sorted(not_searched)),
+                   builder=found.builder)
 
 
 def _pin(pinned: set[tuple[str, str | None]], w: Wanted) -> str | None:
@@ -108,53 +134,144 @@ async def _wanted(reader: Reader, closure: Sequence[ClosureItem]) -> list[Wanted
             if w.form in known and w.raw is None else w for w in wanted]
 
 
-def _search(git: GitRepository, history: History, wanted: Wanted, deadline: float) -> Search:
+def _search(git: GitRepository, history: History, wanted: Wanted, deadline: float, roots_only: bool = False
+            ) -> Search:
     assert wanted.form is not None  # only forms are searched
     history.refresh(deadline)
-    search = find(git, history, wanted.form, wanted.raw, deadline, PLACES)
+    search = find(git, history, wanted.form, wanted.raw, deadline, PLACES, roots_only)
     if wanted.rev_hint and all(p.rev != wanted.rev_hint for p in search.places):
         try:  # the revision the derivation names, if it has the content, is named too
             commit = git.resolve(wanted.rev_hint)
         except BuildrefError:
             return search
-        tree = commit.tree_id.raw
+        tree, data = commit.tree_id.raw, git.commit_data(commit)
         rules = tuple(rule for rule in TreeRule
-                      if (form := git.forms.at(tree, "", rule)) is not None and form.oid == wanted.form)
+                      if (form := git.forms.at(tree, "", rule, data)) is not None and form.oid == wanted.form)
         if rules:
             search.places.insert(0, Place(str(commit.id), int(commit.commit_time), "", rules))
     return search
 
 
+Found = dict[tuple[str, str, str, str], tuple[tuple[object, ...], SourceMatch]]
+
+
 async def _find_all(ctx: QueryContext, wanted: Sequence[Wanted], repositories: Sequence[RepositoryInfo],
-                    built_at: float | None, deadline: float) -> tuple[SourceMatch, ...]:
-    found: dict[tuple[str, str, str, str], tuple[tuple[object, ...], SourceMatch]] = {}
+                    built_at: float | None, deadline: float, found: Found, not_searched: set[str],
+                    roots_only: bool = False) -> None:
+    """Exact places of each wanted form, in every repository at hand, into ``found``."""
     for w in wanted:
         for info in repositories:
             repo = at_hand(ctx, info)
-            if repo is None or w.form is None or time.monotonic() > deadline:
+            if repo is None or time.monotonic() > deadline:
+                not_searched.add(info.name)
+                continue
+            if w.form is None:
                 continue
             try:
-                search = await ctx.git.search(repo, partial(_search, wanted=w, deadline=deadline))
+                search = await ctx.git.search(repo, partial(_search, wanted=w, deadline=deadline,
+                                                            roots_only=roots_only))
             except BuildrefError:
-                continue  # not readable now (moved, not a repository any more): nothing to find there
+                not_searched.add(info.name)  # not readable now (moved, not a repository any more)
+                continue
+            if not search.complete:
+                not_searched.add(info.name)
             for place in search.places:
                 key = (w.path, info.name, place.rev, place.subdir)
-                if key in found:
-                    continue
-                match = await _match(ctx, info, w, place, built_at)
-                found[key] = (_rank(w, info, match, place), match)
-    return tuple(m for _, m in sorted(found.values(), key=lambda item: item[0]))
+                if key not in found:
+                    match = await _match(ctx, info, w, place, built_at)
+                    found[key] = (_rank(w.rev_hint, info, match, place.commit_time, w.path), match)
+
+
+async def _inside(ctx: QueryContext, items: Sequence[ClosureItem], repositories: Sequence[RepositoryInfo],
+                  built_at: float | None, deadline: float, found: Found, not_searched: set[str]) -> None:
+    """A revision's tree as a directory of a larger source (vendored, a submodule filled in)."""
+    async with ctx.store.reading() as reader:
+        dirs = await reader.builds.dirs_of([i.path for i in items if i.path])
+    wanted = []
+    for item in items:
+        for subdir, form in dirs.get(item.path or "", [])[:INSIDE]:
+            path = f"{item.path}/{subdir}"
+            digest = await asyncio.to_thread(hash_path, path)
+            wanted.append(Wanted(path, digest.nar_hash.sri, form, None, item.distance, item.rev_hint))
+    # only a revision's whole tree counts as vendored (a submodule filled in); a directory of it
+    # that is also somewhere in a source names nothing
+    await _find_all(ctx, wanted, repositories, built_at, deadline, found, not_searched, roots_only=True)
+
+
+async def _partial(ctx: QueryContext, item: ClosureItem, nar_hash: str,
+                   repositories: Sequence[RepositoryInfo], built_at: float | None, deadline: float,
+                   found: Found, not_searched: set[str]) -> None:
+    """The revisions a source is a subset or a superset of (bounded; verified file by file)."""
+    assert item.path is not None
+    async with ctx.store.reading() as reader:
+        samples = (await reader.builds.samples_of([item.path])).get(item.path, [])
+    if not samples:
+        return
+    copy = await asyncio.to_thread(manifest, item.path)
+    if copy is None:
+        return  # not in the store any more: what it held cannot be compared now
+    for info in repositories:
+        repo = at_hand(ctx, info)
+        if repo is None or time.monotonic() > deadline:
+            not_searched.add(info.name)
+            continue
+
+        def search(git: GitRepository, history: History) -> tuple[list[PartialPlace], bool]:
+            history.refresh(deadline)
+            return find_partial(git, history, copy, samples, deadline)
+
+        try:
+            places, complete = await ctx.git.search(repo, search)
+        except BuildrefError:
+            not_searched.add(info.name)
+            continue
+        if not complete:
+            not_searched.add(info.name)
+        for place in places:
+            source = partial_source(item.path, nar_hash, place.prefix, place.rules, place.relation, None)
+            match = await _matched(ctx, info, built_at, source, place.rev, item.distance)
+            rank = _rank(item.rev_hint, info, match, place.commit_time, item.path)
+            found[(item.path, info.name, place.rev, place.prefix)] = (rank, match)
+
+
+async def _flat(ctx: QueryContext, item: ClosureItem, repositories: Sequence[RepositoryInfo],
+                built_at: float | None, found: Found, not_searched: set[str]) -> None:
+    """A flat fixed output of the one file of the revision its URL names."""
+    assert item.rev_hint is not None and item.path_hint is not None and item.fixed_hash is not None
+    flat = FlatFixed(0, item.fixed_hash, item.rev_hint, item.path_hint, item.path)
+    for info in repositories:
+        repo = at_hand(ctx, info)
+        if repo is None:
+            not_searched.add(info.name)
+            continue
+        try:
+            source = await ctx.git.run(repo, partial(flat_file, rev=item.rev_hint, item=flat))
+        except BuildrefError:
+            continue
+        if source is None:
+            continue
+        match = await _matched(ctx, info, built_at, source, item.rev_hint, item.distance)
+        found[(source.store_path, info.name, item.rev_hint, item.path_hint)] = (
+            _rank(item.rev_hint, info, match, 0, source.store_path), match)
+
+
+async def _matched(ctx: QueryContext, info: RepositoryInfo, built_at: float | None, source: Source, rev: str,
+                   distance: int) -> SourceMatch:
+    """``source`` of revision ``rev`` of ``info`` as ``why`` answers it: with the refs that pointed at
+    the revision when the build was made and now (as recorded)."""
+    async with ctx.store.reading() as reader:
+        then = await reader.sources.refs_at(info.id, rev, built_at) if built_at is not None else []
+        now = await reader.sources.refs_at(info.id, rev, None)
+    return SourceMatch(store_path=source.store_path, nar_hash=source.nar_hash, repository=info.name, rev=rev,
+                       subdir=source.subdir, rules=source.rules, refs=tuple(sorted({*then, *now})),
+                       refs_at_build=tuple(then), refs_now=tuple(now), match=source.match, files=source.files,
+                       extra=source.extra, recorded_by=recorded_by(info), distance=distance)
 
 
 async def _match(ctx: QueryContext, info: RepositoryInfo, w: Wanted, place: Place, built_at: float | None
                  ) -> SourceMatch:
-    async with ctx.store.reading() as reader:
-        then = await reader.sources.refs_at(info.id, place.rev, built_at) if built_at is not None else []
-        now = await reader.sources.refs_at(info.id, place.rev, None)
-    return SourceMatch(store_path=w.path, nar_hash=w.nar_hash, repository=info.name, rev=place.rev,
-                       subdir=place.subdir or None, rules=tuple(sorted(r.value for r in place.rules)),
-                       refs=tuple(sorted({*then, *now})), refs_at_build=tuple(then), refs_now=tuple(now),
-                       match=Match.EXACT, recorded_by=recorded_by(info), distance=w.distance)
+    source = Source(w.path, w.nar_hash, place.subdir or None, tuple(sorted(r.value for r in place.rules)))
+    return await _matched(ctx, info, built_at, source, place.rev, w.distance)
 
 
 def _ref_class(refs: Sequence[str]) -> int:
@@ -164,6 +281,9 @@ def _ref_class(refs: Sequence[str]) -> int:
     return min(classes, default=3)
 
 
-def _rank(w: Wanted, info: RepositoryInfo, match: SourceMatch, place: Place) -> tuple[object, ...]:
-    return (place.rev != w.rev_hint, match.distance, info.recorded_by != "config", _ref_class(match.refs),
-            match.match is not Match.EXACT, -place.commit_time, info.name, place.rev, w.path)
+def _rank(rev_hint: str | None, info: RepositoryInfo, match: SourceMatch, commit_time: int, path: str
+          ) -> tuple[object, ...]:
+    """Exact before partial, always; then the revision the derivation names, the closest, the
+    configured repositories, default branch and tags, the newest."""
+    return (match.match is not Match.EXACT, match.rev != rev_hint, match.distance,
+            info.recorded_by != "config", _ref_class(match.refs), -commit_time, info.name, match.rev, path)

@@ -7,7 +7,7 @@ The records here are the storage boundary's data; what goes on the wire is in ``
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import Enum
@@ -60,6 +60,7 @@ class DerivationRecord:
     input_drvs: tuple[tuple[str, str], ...]  # (path, outputs used, space separated)
     input_srcs: tuple[str, ...]
     rev_hint: str | None = None  # a git revision the derivation itself names (fetchgit's rev, ...)
+    path_hint: str | None = None  # the file of that revision a flat fixed output names (a raw URL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,8 @@ class ContentRecord:
     files: int | None = None
     identifying: bool = False
     error: str | None = None
+    dirs: tuple[tuple[str, bytes], ...] = ()  # (subdirectory, form) of its identifying subdirectories
+    samples: tuple[tuple[str, bytes], ...] = ()  # (file, blob id) of a sample of its files
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,14 @@ class RepositoryInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceUsage:
+    """What the repositories one recorder (``config`` or a uid) recorded take in the index."""
+
+    repositories: int
+    rows: int  # revisions, ref moves and directory forms
+
+
+@dataclass(frozen=True, slots=True)
 class RevisionInfo:
     id: int
     repo_id: int
@@ -160,14 +171,26 @@ class RevisionInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class FlatFixed:
+    """A flat fixed-output derivation that names one file of a revision (a raw file from a forge)."""
+
+    drv_id: int
+    fixed_hash: str  # SRI, of the file's contents
+    rev: str
+    path: str
+    output: str | None  # its output path
+
+
+@dataclass(frozen=True, slots=True)
 class ClosureItem:
     """Content a derivation's closure used: an input source, or a fixed-output derivation (by its
     declared hash, and its output path when known); ``distance`` steps down from the derivation."""
 
     path: str | None
     distance: int
-    fixed_hash: str | None = None  # recursive fixed-output hash (SRI)
+    fixed_hash: str | None = None  # fixed-output hash (SRI): recursive, or flat with ``path_hint``
     rev_hint: str | None = None
+    path_hint: str | None = None  # set: a flat fixed output of that one file of ``rev_hint``
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,17 +301,31 @@ class BuildQueries(Protocol):
         each at its least distance from it."""
 
     async def derivations_using(self, store_paths: Collection[str], nar_hashes: Collection[str],
-                                max_distance: int) -> dict[int, int]:
+                                max_distance: int, drv_ids: Collection[int] = ()) -> dict[int, int]:
         """Derivation id -> distance for derivations that use one of ``store_paths`` (as an input
         source, or as the output of a recursive fixed-output derivation, which then counts itself),
-        or are recursive fixed-output derivations whose hash is one of ``nar_hashes`` (0), and
-        those above them in the closure graph (one per step)."""
+        or are recursive fixed-output derivations whose hash is one of ``nar_hashes``, or are among
+        ``drv_ids`` (0), and those above them in the closure graph (one per step)."""
 
     async def contents(self, paths: Collection[str]) -> dict[str, ContentRecord]: ...
 
     async def contents_with_forms(self, forms: Collection[bytes]) -> list[ContentRecord]: ...
 
     async def contents_with_hashes(self, nar_hashes: Collection[str]) -> list[ContentRecord]: ...
+
+    async def contents_with_dirs(self, forms: Collection[bytes]) -> list[tuple[str, str, bytes]]:
+        """(content, subdirectory, form) for contents with a subdirectory of one of ``forms``."""
+
+    async def dirs_of(self, paths: Collection[str]) -> dict[str, list[tuple[str, bytes]]]:
+        """Each content's identifying subdirectories: (subdirectory, form)."""
+
+    async def contents_sampled(self, blobs: Collection[bytes]) -> dict[str, list[tuple[str, bytes]]]:
+        """Contents with a sampled file among ``blobs``, each with all its samples (file, blob)."""
+
+    async def samples_of(self, paths: Collection[str]) -> dict[str, list[tuple[str, bytes]]]: ...
+
+    async def flat_fixed(self, rev: str) -> list[FlatFixed]:
+        """Flat fixed-output derivations that name a file of revision ``rev``."""
 
     async def content_backlog(self) -> int:
         """How many store paths' contents are still to learn."""
@@ -302,6 +339,9 @@ class SourceQueries(Protocol):
     async def repository(self, name: str) -> RepositoryInfo | None: ...
 
     async def repositories(self) -> list[RepositoryInfo]: ...
+
+    async def usage(self, recorded_by: str) -> SourceUsage:
+        """What the repositories recorded by ``recorded_by`` take (for per-user quotas)."""
 
     async def current_refs(self, repo_id: int) -> dict[str, str | None]:
         """Each ref's latest recorded target (None: deleted)."""
@@ -332,6 +372,42 @@ class SourceQueries(Protocol):
     async def ref_history(self, repo_id: int) -> list[RefMove]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class UploadItem:
+    path: str
+    attempts: int  # copies tried and failed so far
+
+
+@dataclass(frozen=True, slots=True)
+class UploadCounts:
+    pending: int  # waiting for a first copy, or for a retry after a failed batch
+    done: int
+    failed: int  # whose last copy alone failed (tried again later)
+    dropped: int  # gone from the store before they could be copied
+
+
+class UploadQueue(Protocol):
+    """Paths to copy to the upload target, durable: kept on this machine, whatever the index."""
+
+    async def enqueue(self, paths: Collection[str], now: float) -> None:
+        """Queue ``paths`` (a path already queued or copied is left as it is)."""
+
+    async def due(self, now: float, limit: int) -> list[UploadItem]:
+        """Up to ``limit`` paths whose copy is due, oldest first."""
+
+    async def next_due(self, now: float) -> float | None:
+        """Seconds until the next path is due (0 when one is); None when none waits."""
+
+    async def done(self, paths: Collection[str], now: float) -> None: ...
+
+    async def failed(self, retries: Mapping[str, tuple[int, float]], error: str, now: float) -> None:
+        """Each path's attempts so far and when to try it again."""
+
+    async def dropped(self, paths: Collection[str], now: float) -> None: ...
+
+    async def counts(self) -> UploadCounts: ...
+
+
 class Reader(Protocol):
     """One consistent snapshot of the index: sees only committed data, never writes."""
 
@@ -359,7 +435,7 @@ class Store(Protocol):
     def location(self) -> str:
         """Where the index is, for people (a file path, a database URL without its password)."""
 
-    def reading(self) -> AbstractAsyncContextManager[Reader]:
+    def reading(self) -> AbstractAsyncContextManager[Reader, bool | None]:
         """A reader over one snapshot, for the duration of the block."""
 
     def size(self) -> int:

@@ -17,12 +17,12 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 from buildref.models import Event, EventCounts, EventState
-from buildref.store.api import BuildRecord, ContentRecord
+from buildref.store.api import BuildRecord, ContentRecord, EventQueries, Reader
 from buildref.store.postgres import PgIndex
 from buildref.store.postgres.builds import PgBuildQueries
 from buildref.store.postgres.sources import PgSourceIndex, PgSourceQueries
 from buildref.store.sqlite import SqliteStore
-from buildref.store.sqlite.events import SqliteEventLog, SqliteEventQueries
+from buildref.store.sqlite.events import SqliteEventLog
 
 
 class FleetBuildIndex:
@@ -48,9 +48,9 @@ class LocalEvents:
     def __init__(self, inbox: SqliteStore, stack: contextlib.AsyncExitStack) -> None:
         self._inbox = inbox
         self._stack = stack
-        self._queries: SqliteEventQueries | None = None
+        self._queries: EventQueries | None = None
 
-    async def _snapshot(self) -> SqliteEventQueries:
+    async def _snapshot(self) -> EventQueries:
         if self._queries is None:
             self._queries = (await self._stack.enter_async_context(self._inbox.reading())).events
         return self._queries
@@ -96,8 +96,11 @@ class FleetStore:
     def location(self) -> str:
         return self._index.location
 
+    def reading(self) -> contextlib.AbstractAsyncContextManager[Reader, bool | None]:
+        return self._reading()
+
     @contextlib.asynccontextmanager
-    async def reading(self) -> AsyncIterator[FleetReader]:
+    async def _reading(self) -> AsyncIterator[Reader]:
         async with contextlib.AsyncExitStack() as stack, self._index.reading() as shared:
             yield FleetReader(LocalEvents(self._inbox, stack), shared.builds, shared.sources)
 

@@ -16,6 +16,7 @@ from buildref.store.api import (
     ContentRecord,
     ContentState,
     DerivationRecord,
+    FlatFixed,
     IndexedBuild,
     TableCounts,
 )
@@ -106,6 +107,9 @@ class PgBuildIndex:
     async def record_contents(self, contents: Sequence[ContentRecord]) -> None:
         rows = sorted((c.path, c.state.value, c.nar_hash, c.nar_size, c.form, c.files, c.identifying, c.error)
                       for c in contents)
+        paths = sorted({c.path for c in contents})
+        dirs = sorted({(form, c.path, subdir) for c in contents for subdir, form in c.dirs})
+        samples = sorted({(blob, c.path, file) for c in contents for file, blob in c.samples})
 
         async def work(conn: Conn) -> None:
             await conn.execute(
@@ -114,6 +118,17 @@ class PgBuildIndex:
                 " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::bigint[],"
                 " $7::boolean[], $8::text[]) AS u (path, state, nar_hash, nar_size, form, files, identifying,"
                 " error) WHERE c.path = u.path", *_columns(rows, 8))
+            # what is learnt replaces what was (a path learnt again after it was gone)
+            await conn.execute("DELETE FROM content_dirs WHERE path = ANY($1::text[])", paths)
+            await conn.execute("DELETE FROM content_samples WHERE path = ANY($1::text[])", paths)
+            if dirs:
+                await conn.execute("INSERT INTO content_dirs (form, path, subdir)"
+                                   " SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[])"
+                                   " ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING", *_columns(dirs, 3))
+            if samples:
+                await conn.execute("INSERT INTO content_samples (blob, path, file)"
+                                   " SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[])"
+                                   " ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING", *_columns(samples, 3))
 
         if rows:
             await self._db.write(work)
@@ -123,14 +138,15 @@ async def _insert_derivations(conn: Conn, drvs: Sequence[DerivationRecord], now:
     if not drvs:
         return
     await conn.execute(
-        "INSERT INTO derivations (path, name, system, fixed_mode, fixed_hash, modulo, first_seen, rev_hint)"
-        " SELECT path, name, system, fixed_mode, fixed_hash, modulo, $7, rev_hint"
-        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[])"
-        " AS u (path, name, system, fixed_mode, fixed_hash, modulo, rev_hint)"
+        "INSERT INTO derivations (path, name, system, fixed_mode, fixed_hash, modulo, first_seen, rev_hint,"
+        " path_hint)"
+        " SELECT path, name, system, fixed_mode, fixed_hash, modulo, $7, rev_hint, path_hint"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[],"
+        " $9::text[]) AS u (path, name, system, fixed_mode, fixed_hash, modulo, rev_hint, path_hint)"
         " ORDER BY path ON CONFLICT (path) DO NOTHING",
         [d.path for d in drvs], [d.name for d in drvs], [d.system for d in drvs],
         [d.fixed_mode for d in drvs], [d.fixed_hash for d in drvs], [d.modulo for d in drvs], now,
-        [d.rev_hint for d in drvs])
+        [d.rev_hint for d in drvs], [d.path_hint for d in drvs])
 
 
 async def _insert_graph(conn: Conn, drvs: Sequence[DerivationRecord],
@@ -211,18 +227,19 @@ class PgBuildQueries:
                 item = ClosureItem(path, distance[i])
                 if items.setdefault((path, None), item).distance > item.distance:
                     items[(path, None)] = item
-        for i, fixed_hash, rev_hint, path in await self._conn.fetch(
-                "SELECT d.id, d.fixed_hash, d.rev_hint, o.path FROM derivations d"
-                " LEFT JOIN outputs o ON o.drv_id = d.id"
-                " WHERE d.id = ANY($1::bigint[]) AND d.fixed_mode = 'recursive'", list(distance)):
-            item = ClosureItem(path, distance[i], fixed_hash, rev_hint)
+        for i, fixed_hash, rev_hint, path_hint, path in await self._conn.fetch(
+                "SELECT d.id, d.fixed_hash, d.rev_hint, d.path_hint, o.path FROM derivations d"
+                " LEFT JOIN outputs o ON o.drv_id = d.id WHERE d.id = ANY($1::bigint[])"
+                " AND (d.fixed_mode = 'recursive' OR (d.fixed_mode = 'flat' AND d.path_hint IS NOT NULL))",
+                list(distance)):
+            item = ClosureItem(path, distance[i], fixed_hash, rev_hint, path_hint)
             if items.setdefault((path, fixed_hash), item).distance > item.distance:
                 items[(path, fixed_hash)] = item
         return sorted(items.values(), key=lambda c: (c.distance, c.path or "", c.fixed_hash or ""))
 
     async def derivations_using(self, store_paths: Collection[str], nar_hashes: Collection[str],
-                                max_distance: int) -> dict[int, int]:
-        if not store_paths and not nar_hashes:
+                                max_distance: int, drv_ids: Collection[int] = ()) -> dict[int, int]:
+        if not store_paths and not nar_hashes and not drv_ids:
             return {}
         found = await self._conn.fetch(
             "WITH RECURSIVE users (drv_id, distance) AS ("
@@ -231,10 +248,11 @@ class PgBuildQueries:
             " WHERE d.fixed_mode = 'recursive' AND o.path = ANY($1::text[])"
             " UNION SELECT id, 0 FROM derivations"
             " WHERE fixed_mode = 'recursive' AND fixed_hash = ANY($2::text[])"
+            " UNION SELECT id, 0 FROM derivations WHERE id = ANY($4::bigint[])"
             " UNION SELECT e.drv_id, u.distance + 1 FROM drv_inputs e JOIN users u ON e.input_id = u.drv_id"
             " WHERE u.distance < $3)"
             " SELECT drv_id, min(distance) FROM users GROUP BY drv_id",
-            list(store_paths), list(nar_hashes), max_distance)
+            list(store_paths), list(nar_hashes), max_distance, list(drv_ids))
         return {i: d for i, d in found}
 
     async def contents(self, paths: Collection[str]) -> dict[str, ContentRecord]:
@@ -251,6 +269,40 @@ class PgBuildQueries:
         found = await self._conn.fetch(f"SELECT {_CONTENT} FROM contents WHERE nar_hash = ANY($1::text[])",
                                        list(nar_hashes))
         return [_content(row) for row in found]
+
+    async def contents_with_dirs(self, forms: Collection[bytes]) -> list[tuple[str, str, bytes]]:
+        found = await self._conn.fetch("SELECT path, subdir, form FROM content_dirs"
+                                       " WHERE form = ANY($1::bytea[])", list(forms))
+        return [(path, subdir, form) for path, subdir, form in found]
+
+    async def dirs_of(self, paths: Collection[str]) -> dict[str, list[tuple[str, bytes]]]:
+        found: dict[str, list[tuple[str, bytes]]] = {}
+        for path, subdir, form in await self._conn.fetch(
+                "SELECT path, subdir, form FROM content_dirs WHERE path = ANY($1::text[])", list(paths)):
+            found.setdefault(path, []).append((subdir, form))
+        return found
+
+    async def contents_sampled(self, blobs: Collection[bytes]) -> dict[str, list[tuple[str, bytes]]]:
+        found: dict[str, list[tuple[str, bytes]]] = {}
+        for path, file, blob in await self._conn.fetch(
+                "SELECT path, file, blob FROM content_samples WHERE path IN"
+                " (SELECT path FROM content_samples WHERE blob = ANY($1::bytea[]))", list(blobs)):
+            found.setdefault(path, []).append((file, blob))
+        return found
+
+    async def samples_of(self, paths: Collection[str]) -> dict[str, list[tuple[str, bytes]]]:
+        found: dict[str, list[tuple[str, bytes]]] = {}
+        for path, file, blob in await self._conn.fetch(
+                "SELECT path, file, blob FROM content_samples WHERE path = ANY($1::text[])", list(paths)):
+            found.setdefault(path, []).append((file, blob))
+        return found
+
+    async def flat_fixed(self, rev: str) -> list[FlatFixed]:
+        found = await self._conn.fetch(
+            "SELECT d.id, d.fixed_hash, d.rev_hint, d.path_hint, o.path FROM derivations d"
+            " LEFT JOIN outputs o ON o.drv_id = d.id WHERE d.rev_hint = $1"
+            " AND d.fixed_mode = 'flat' AND d.path_hint IS NOT NULL", rev)
+        return [FlatFixed(*row) for row in found]
 
     async def content_backlog(self) -> int:
         return int(await self._conn.fetchval("SELECT count(*) FROM contents WHERE state = 'pending'"))

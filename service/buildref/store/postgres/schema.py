@@ -25,8 +25,11 @@ CREATE TABLE derivations (
     fixed_hash TEXT COLLATE "C",  -- SRI
     modulo TEXT NOT NULL,         -- hashDerivationModulo, so later closures need not re-read it
     first_seen DOUBLE PRECISION NOT NULL,
-    rev_hint TEXT                 -- a git revision the derivation names (fetchgit's rev, ...)
+    rev_hint TEXT COLLATE "C",    -- a git revision the derivation names (fetchgit's rev, ...)
+    path_hint TEXT                -- the file of that revision a flat fixed output names (a raw URL)
 );
+CREATE INDEX derivations_rev_hint ON derivations (rev_hint)
+    WHERE fixed_mode = 'flat' AND path_hint IS NOT NULL;
 CREATE INDEX derivations_fixed ON derivations (fixed_hash) WHERE fixed_mode = 'recursive';
 CREATE TABLE outputs (
     drv_id BIGINT NOT NULL REFERENCES derivations (id),
@@ -79,6 +82,20 @@ CREATE TABLE contents (
 CREATE INDEX contents_form ON contents (form) WHERE form IS NOT NULL;
 CREATE INDEX contents_hash ON contents (nar_hash);
 CREATE INDEX contents_pending ON contents (queued_by, path) WHERE state = 'pending';
+CREATE TABLE content_dirs (       -- a learnt content's identifying subdirectories
+    form BYTEA NOT NULL,
+    path TEXT COLLATE "C" NOT NULL,    -- the content (a store path)
+    subdir TEXT COLLATE "C" NOT NULL,  -- the directory of it that has the form
+    PRIMARY KEY (form, path, subdir)
+);
+CREATE INDEX content_dirs_path ON content_dirs (path);
+CREATE TABLE content_samples (    -- a sample of a learnt content's files
+    blob BYTEA NOT NULL,               -- git blob id of a sampled file
+    path TEXT COLLATE "C" NOT NULL,    -- the content (a store path)
+    file TEXT COLLATE "C" NOT NULL,    -- the file's path in it
+    PRIMARY KEY (blob, path, file)
+);
+CREATE INDEX content_samples_path ON content_samples (path);
 CREATE TABLE repositories (
     id BIGSERIAL PRIMARY KEY,
     name TEXT COLLATE "C" NOT NULL UNIQUE,

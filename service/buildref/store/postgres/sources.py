@@ -16,6 +16,7 @@ from buildref.store.api import (
     RepositoryRecord,
     RevisionInfo,
     RevisionRecord,
+    SourceUsage,
     TreeRecord,
 )
 from buildref.store.postgres.builds import _columns
@@ -118,6 +119,15 @@ class PgSourceQueries:
     async def repositories(self) -> list[RepositoryInfo]:
         found = await self._conn.fetch(f"SELECT {_REPOSITORY} FROM repositories ORDER BY id")
         return [RepositoryInfo(*row) for row in found]
+
+    async def usage(self, recorded_by: str) -> SourceUsage:
+        row = await self._conn.fetchrow(
+            "SELECT count(*), coalesce(sum((SELECT count(*) FROM revisions WHERE repo_id = r.id)"
+            " + (SELECT count(*) FROM ref_moves WHERE repo_id = r.id)"
+            " + (SELECT count(*) FROM repo_trees WHERE repo_id = r.id)), 0)"
+            " FROM repositories r WHERE r.recorded_by = $1", recorded_by)
+        assert row is not None
+        return SourceUsage(int(row[0]), int(row[1]))
 
     async def current_refs(self, repo_id: int) -> dict[str, str | None]:
         found = await self._conn.fetch(

@@ -15,6 +15,7 @@ from buildref.store.api import (
     ClosureItem,
     ContentRecord,
     ContentState,
+    FlatFixed,
     IndexedBuild,
     TableCounts,
 )
@@ -39,10 +40,10 @@ class SqliteBuildIndex:
         async with self._db.transaction() as conn:
             await conn.executemany(
                 "INSERT INTO derivations (path, name, system, fixed_mode, fixed_hash, modulo,"
-                " first_seen, rev_hint)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO NOTHING",
-                [(d.path, d.name, d.system, d.fixed_mode, d.fixed_hash, d.modulo, now, d.rev_hint)
-                 for d in drvs],
+                " first_seen, rev_hint, path_hint)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO NOTHING",
+                [(d.path, d.name, d.system, d.fixed_mode, d.fixed_hash, d.modulo, now, d.rev_hint,
+                  d.path_hint) for d in drvs],
             )
             await conn.executemany(
                 # a path gone when it was looked at may be back (a fixed output built since)
@@ -91,10 +92,18 @@ class SqliteBuildIndex:
         async with self._db.transaction() as conn:
             await conn.executemany(
                 "UPDATE contents SET state = ?, nar_hash = ?, nar_size = ?, form = ?, files = ?,"
-                " identifying = ?,"
-                " error = ? WHERE path = ?",
+                " identifying = ?, error = ? WHERE path = ?",
                 [(c.state.value, c.nar_hash, c.nar_size, c.form, c.files, int(c.identifying), c.error, c.path)
                  for c in contents])
+            paths = [(c.path,) for c in contents]
+            await conn.executemany("DELETE FROM content_dirs WHERE path = ?", paths)
+            await conn.executemany("DELETE FROM content_samples WHERE path = ?", paths)
+            await conn.executemany("INSERT INTO content_dirs (form, path, subdir) VALUES (?, ?, ?)"
+                                   " ON CONFLICT DO NOTHING",
+                                   [(form, c.path, subdir) for c in contents for subdir, form in c.dirs])
+            await conn.executemany("INSERT INTO content_samples (blob, path, file) VALUES (?, ?, ?)"
+                                   " ON CONFLICT DO NOTHING",
+                                   [(blob, c.path, file) for c in contents for file, blob in c.samples])
 
 
 class SqliteBuildQueries:
@@ -155,22 +164,24 @@ class SqliteBuildQueries:
                 item = ClosureItem(path, distance[i])
                 if items.setdefault((path, None), item).distance > item.distance:
                     items[(path, None)] = item
-        for i, fixed_hash, rev_hint, path in await rows_in(
+        for i, fixed_hash, rev_hint, path_hint, path in await rows_in(
                 self._conn,
-                "SELECT d.id, d.fixed_hash, d.rev_hint, o.path FROM derivations d LEFT JOIN outputs"
-                " o ON o.drv_id = d.id"
-                " WHERE d.id IN ({marks}) AND d.fixed_mode = 'recursive'", distance):
-            item = ClosureItem(path, distance[i], fixed_hash, rev_hint)
+                "SELECT d.id, d.fixed_hash, d.rev_hint, d.path_hint, o.path FROM derivations d"
+                " LEFT JOIN outputs o ON o.drv_id = d.id WHERE d.id IN ({marks}) AND (d.fixed_mode ="
+                " 'recursive'"
+                " OR (d.fixed_mode = 'flat' AND d.path_hint IS NOT NULL))", distance):
+            item = ClosureItem(path, distance[i], fixed_hash, rev_hint, path_hint)
             if items.setdefault((path, fixed_hash), item).distance > item.distance:
                 items[(path, fixed_hash)] = item
         return sorted(items.values(), key=lambda c: (c.distance, c.path or "", c.fixed_hash or ""))
 
     async def derivations_using(self, store_paths: Collection[str], nar_hashes: Collection[str],
-                                max_distance: int) -> dict[int, int]:
-        if not store_paths and not nar_hashes:
+                                max_distance: int, drv_ids: Collection[int] = ()) -> dict[int, int]:
+        if not store_paths and not nar_hashes and not drv_ids:
             return {}
         paths = ",".join("?" * len(store_paths)) or "NULL"
         hashes = ",".join("?" * len(nar_hashes)) or "NULL"
+        ids = ",".join("?" * len(drv_ids)) or "NULL"
         found = await rows(
             self._conn,
             "WITH RECURSIVE users (drv_id, distance) AS ("
@@ -179,10 +190,11 @@ class SqliteBuildQueries:
             f" WHERE d.fixed_mode = 'recursive' AND o.path IN ({paths})"
             " UNION SELECT id, 0 FROM derivations WHERE fixed_mode = 'recursive'"
             f" AND fixed_hash IN ({hashes})"
+            f" UNION SELECT id, 0 FROM derivations WHERE id IN ({ids})"
             " UNION SELECT e.drv_id, u.distance + 1 FROM drv_inputs e JOIN users u ON e.input_id = u.drv_id"
             " WHERE u.distance < ?)"
             " SELECT drv_id, min(distance) FROM users GROUP BY drv_id",
-            [*store_paths, *store_paths, *nar_hashes, max_distance])
+            [*store_paths, *store_paths, *nar_hashes, *drv_ids, max_distance])
         return dict(found)
 
     async def contents(self, paths: Collection[str]) -> dict[str, ContentRecord]:
@@ -198,6 +210,37 @@ class SqliteBuildQueries:
         found = await rows_in(self._conn, f"SELECT {_CONTENT} FROM contents WHERE nar_hash IN ({{marks}})",
                               nar_hashes)
         return [_content(row) for row in found]
+
+    async def contents_with_dirs(self, forms: Collection[bytes]) -> list[tuple[str, str, bytes]]:
+        found = await rows_in(self._conn, "SELECT path, subdir, form FROM content_dirs"
+                                          " WHERE form IN ({marks})", forms)
+        return [(path, subdir, form) for path, subdir, form in found]
+
+    async def dirs_of(self, paths: Collection[str]) -> dict[str, list[tuple[str, bytes]]]:
+        found: dict[str, list[tuple[str, bytes]]] = {}
+        for path, subdir, form in await rows_in(
+                self._conn, "SELECT path, subdir, form FROM content_dirs WHERE path IN ({marks})", paths):
+            found.setdefault(path, []).append((subdir, form))
+        return found
+
+    async def contents_sampled(self, blobs: Collection[bytes]) -> dict[str, list[tuple[str, bytes]]]:
+        paths = {path for (path,) in await rows_in(
+            self._conn, "SELECT DISTINCT path FROM content_samples WHERE blob IN ({marks})", blobs)}
+        return await self.samples_of(paths)
+
+    async def samples_of(self, paths: Collection[str]) -> dict[str, list[tuple[str, bytes]]]:
+        found: dict[str, list[tuple[str, bytes]]] = {}
+        for path, file, blob in await rows_in(
+                self._conn, "SELECT path, file, blob FROM content_samples WHERE path IN ({marks})", paths):
+            found.setdefault(path, []).append((file, blob))
+        return found
+
+    async def flat_fixed(self, rev: str) -> list[FlatFixed]:
+        found = await rows(self._conn,
+                           "SELECT d.id, d.fixed_hash, d.rev_hint, d.path_hint, o.path FROM derivations d"
+                           " LEFT JOIN outputs o ON o.drv_id = d.id WHERE d.rev_hint = ?"
+                           " AND d.fixed_mode = 'flat' AND d.path_hint IS NOT NULL", (rev,))
+        return [FlatFixed(*row) for row in found]
 
     async def content_backlog(self) -> int:
         return int((await rows(self._conn, "SELECT count(*) FROM contents WHERE state = 'pending'"))[0][0])

@@ -174,7 +174,28 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT o.path, 'pending' FROM outputs o JOIN derivations d ON d.id = o.drv_id
         WHERE d.fixed_mode = 'recursive' AND o.path IS NOT NULL;
     """,
-    # 4: builds carry the ``builder`` of the service that recorded them. Builds recorded before
+    # 4: partial matches. The forms of each learnt content's identifying subdirectories (a tree
+    # vendored inside it, a submodule) and a sample of its files, by which candidate revisions are
+    # found both ways; the file a flat fixed output names. Contents learnt before are learnt again.
+    """
+    CREATE TABLE content_dirs (
+        form BLOB NOT NULL,
+        path TEXT NOT NULL,           -- the content (a store path)
+        subdir TEXT NOT NULL,         -- the directory of it that has the form
+        PRIMARY KEY (form, path, subdir)
+    ) WITHOUT ROWID;
+    CREATE INDEX content_dirs_path ON content_dirs (path);
+    CREATE TABLE content_samples (
+        blob BLOB NOT NULL,           -- git blob id of a sampled file
+        path TEXT NOT NULL,           -- the content (a store path)
+        file TEXT NOT NULL,           -- the file's path in it
+        PRIMARY KEY (blob, path, file)
+    ) WITHOUT ROWID;
+    CREATE INDEX content_samples_path ON content_samples (path);
+    ALTER TABLE derivations ADD COLUMN path_hint TEXT;
+    UPDATE contents SET state = 'pending' WHERE state = 'done';
+    """,
+    # 5: builds carry the ``builder`` of the service that recorded them. Builds recorded before
     # keep NULL: "this machine, before builders existed" (the setting then in force is not known).
     "ALTER TABLE builds ADD COLUMN builder TEXT;",
 )
