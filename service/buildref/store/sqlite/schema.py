@@ -197,7 +197,11 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 5: builds carry the ``builder`` of the service that recorded them. Builds recorded before
     # keep NULL: "this machine, before builders existed" (the setting then in force is not known).
-    "ALTER TABLE builds ADD COLUMN builder TEXT;",
+    # And flat fixed outputs by the revision they name, by index: every lookup asks (a scan of
+    # 500,000 derivations took 43 ms).
+    "ALTER TABLE builds ADD COLUMN builder TEXT;"
+    " CREATE INDEX derivations_rev_hint ON derivations (rev_hint)"
+    " WHERE fixed_mode = 'flat' AND path_hint IS NOT NULL;",
 )
 
 
