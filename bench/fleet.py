@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import shutil
 import tempfile
 import time
@@ -93,6 +94,27 @@ async def wait_for_index(url: str, total: int, timeout: float = 1800) -> tuple[f
         await asyncio.sleep(PROGRESS_EVERY)
     end = time.perf_counter()
     return end - start, end - (first or start), before
+
+
+def cpu_seconds(pids: list[int], waited: bool = False) -> float:
+    """User and system CPU time the processes have used so far (``waited``: with that of their
+    children that have exited); a process gone meanwhile counts nothing."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        ticks += sum(int(x) for x in fields[11:15 if waited else 13])  # utime stime [cutime cstime]
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(server: PostgresServer) -> float:
+    """The server's CPU time: the postmaster with its exited backends, and the running ones."""
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    return cpu_seconds([postmaster], waited=True) + cpu_seconds([int(c) for c in children])
 
 
 def check_caught_up(services: list[ServiceProcess], expected: int) -> None:
@@ -168,10 +190,17 @@ def main() -> None:
             shipped = asyncio.create_task(wait_for_index(url, total))
             acked = await send(services, drvs, args.events, args.clients, 1_000_000.0)
             return acked, (await shipped)[0]
+        pids = [svc.proc.pid for svc in services if svc.proc is not None]
+        cpu = cpu_seconds(pids), server_cpu(server), os.times()
         acked, shipped = asyncio.run(live())
+        used = (cpu_seconds(pids) - cpu[0], server_cpu(server) - cpu[1],
+                sum(os.times()[:2]) - sum(cpu[2][:2]))
         check_caught_up(services, args.events)
         print(f"{'live: acknowledged (local durable commits)':<52} {total / acked:8.0f} events/s")
         print(f"{'live: in the shared index':<52} {total / shipped:8.0f} events/s   (goal >= 5,000)")
+        print(f"{'live: CPU per event':<52} services {used[0] / total * 1e3:.2f} ms, PostgreSQL "
+              f"{used[1] / total * 1e3:.2f} ms, the sending client {used[2] / total * 1e3:.2f} ms"
+              f" ({os.cpu_count()} cores)")
 
         # 2. catch-up after an outage
         server.stop()

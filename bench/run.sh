@@ -6,4 +6,6 @@ python drv_show.py "$@"
 python git_hash.py "$@"
 python service.py
 python lookup.py
+python lookup.py --backend postgres
+python fleet.py
 python cache_presence.py
