@@ -27,6 +27,7 @@ READERS = 4
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server
 COMMAND_TIMEOUT = 60.0  # seconds one statement may take
 WRITE_ATTEMPTS = 5  # a transaction aborted by a deadlock or serialisation conflict runs again
+CLOSE_TIMEOUT = 5.0  # seconds the pools get to close at shutdown
 
 T = TypeVar("T")
 if TYPE_CHECKING:  # every connection comes from a pool
@@ -93,9 +94,12 @@ class PgDatabase:
         async with self._opening:
             self._closed = True
             for pool in (self._readers, self._writer):
-                if pool is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(pool.close(), 5)
+                if pool is None:
+                    continue
+                try:  # gracefully, unless a statement still runs (a server that stopped answering)
+                    await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+                except Exception:
+                    pool.terminate()
             self._readers = self._writer = None
 
     async def write(self, work: Callable[[Conn], Awaitable[T]]) -> T:
