@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from buildref.errors import BuildrefError, Forbidden, Kind
+from buildref.errors import BuildrefError, Forbidden, Kind, quoted
 from buildref.models import (
     BuildsParams,
     EventsParams,
@@ -105,15 +105,23 @@ OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
 def operation(name: str) -> Operation:
     op = OPERATIONS.get(name)
     if op is None:
-        raise UnknownMethod(f"unknown method '{name[:100]}'")
+        raise UnknownMethod(f"unknown method {quoted(name, 40)}")
     return op
+
+
+def bind(services: Services, caller: Caller, name: str, params: Mapping[str, object],
+         text: bool = False) -> Callable[[], Awaitable[Any]]:
+    """One operation for ``caller``, checked — it exists, the caller may run it, its parameters
+    are valid (raises otherwise) — and ready to run; it returns models. ``text``: parameter
+    values arrived as strings (an HTTP query string)."""
+    op = operation(name)
+    if op.writes and caller.uid is None:
+        raise Forbidden(f"'{name}' is not served here: it is for local users (the query socket)")
+    parsed = op.params.from_json(params, text=text)
+    return lambda: op.run(services, caller, parsed)
 
 
 async def call(services: Services, caller: Caller, name: str, params: Mapping[str, object],
                text: bool = False) -> Any:
-    """Run one operation for ``caller``; its answer as JSON values. ``text``: parameter values
-    arrived as strings (an HTTP query string)."""
-    op = operation(name)
-    if op.writes and caller.uid is None:
-        raise Forbidden(f"'{name}' is not served here: it is for local users (the query socket)")
-    return dump(await op.run(services, caller, op.params.from_json(params, text=text)))
+    """Run one operation for ``caller``; its answer as JSON values."""
+    return dump(await bind(services, caller, name, params, text)())

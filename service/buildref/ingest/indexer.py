@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import structlog
 
-from buildref.errors import BuildrefError
+from buildref.errors import BuildrefError, Kind, Transient, transient
 from buildref.ingest.prepare import PreparedBuild, inputs_of, prepare_build
 from buildref.localstore import DrvReader
 from buildref.nix.derivation import OutputKind
@@ -26,7 +26,8 @@ from buildref.process import Nix
 from buildref.store.api import BuildRecord, PendingEvent, Realised, Store
 
 BATCH = 64
-RETRY_DELAY = 1.0
+RETRY_DELAY = 1.0  # seconds before the first retry of an event that could not be indexed for now ...
+MAX_RETRY_DELAY = 60.0  # ... doubled at each failure in a row, up to this
 
 
 class Indexer:
@@ -50,6 +51,7 @@ class Indexer:
         self._wake.set()
 
     async def run(self) -> None:
+        delay = RETRY_DELAY
         while True:
             self._wake.clear()
             events = await self._store.events.pending(BATCH)
@@ -61,17 +63,34 @@ class Indexer:
             for event in events:
                 try:
                     await self.index(event)
-                except Exception:  # the database itself failed: keep the event, retry later
-                    self._log.exception("indexing failed; retrying later", drv=event.drv)
-                    await asyncio.sleep(RETRY_DELAY)
-                    break
+                except BuildrefError as e:  # unavailable for now (the store, the index): keep the event
+                    self._log.warning("indexing deferred; retrying later", drv=event.drv, error=str(e),
+                                      retry_in=delay)
+                except Exception:  # a bug, or the database failed unexpectedly: keep the event
+                    self._log.exception("indexing failed; retrying later", drv=event.drv, retry_in=delay)
+                else:
+                    delay = RETRY_DELAY
+                    continue
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+                break
 
     async def index(self, event: PendingEvent) -> None:
         start = time.perf_counter()
+        error: str | None = None
         try:
             new, build = await self._index(event)
-        except (BuildrefError, OSError, RecursionError) as e:
-            error = str(e) if isinstance(e, BuildrefError) else f"error: {e}"
+        except OSError as e:
+            if transient(e):
+                raise Transient(str(e)) from None
+            error = f"error: {e}"
+        except BuildrefError as e:
+            if e.kind is Kind.UNAVAILABLE:  # the index, or the store, cannot be used for now
+                raise
+            error = str(e)
+        except RecursionError as e:
+            error = f"error: {e}"
+        if error is not None:
             await self._store.events.fail(event.id, error)
             self.failed += 1
             self._log.warning("event failed", drv=event.drv, error=error)

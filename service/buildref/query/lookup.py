@@ -8,7 +8,6 @@ whether or not it was ever a ref's tip; arrival order does not matter."""
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import os
 import re
 import time
@@ -33,6 +32,7 @@ from buildref.models import (
     MatchedBuild,
     RecordedBy,
     Source,
+    glob,
 )
 from buildref.nix.hashes import Hash, HashAlgo
 from buildref.nix.storepath import source_path
@@ -64,8 +64,15 @@ async def builds_using(reader: Reader, paths: Collection[str], hashes: Collectio
     output is one of ``hashes``, or that is one of ``drv_ids``), and of those above it; closest
     first, then newest."""
     distance = await reader.builds.derivations_using(paths, hashes, 0 if direct else MAX_DISTANCE, drv_ids)
-    builds = [matched(found, distance[found.drv_id]) for found in await reader.builds.newest_builds(distance)
-              if name_glob is None or fnmatch.fnmatchcase(found.build.name, name_glob)]
+    found = await reader.builds.newest_builds(distance)
+    # as many names to match and outputs to look for as the index holds: not on the event loop
+    return await asyncio.to_thread(_matched_builds, found, distance, name_glob)
+
+
+def _matched_builds(found: list[IndexedBuild], distance: dict[int, int], name_glob: str | None
+                    ) -> list[MatchedBuild]:
+    name = glob(name_glob).fullmatch if name_glob is not None else None
+    builds = [matched(f, distance[f.drv_id]) for f in found if name is None or name(f.build.name)]
     builds.sort(key=lambda b: (b.distance, -b.built_at))
     return builds
 
