@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,7 @@ from buildref.sources.watch import RepoWatcher
 from buildref.store import open_store
 
 SHUTDOWN_GRACE = 5.0  # seconds open requests get to finish after SIGTERM, before they are cancelled
+SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
 INDEX_DRAIN = 60.0  # seconds SIGTERM waits for pending events to be indexed (the rest wait for next start)
 
 
@@ -107,6 +109,9 @@ async def serve(config: Config) -> None:
     started = time.time()
     # every connection is a descriptor: take all the process may have, then share them out so
     # that clients can never take the ones the hook socket and the index need
+    # threads (git work, parsing) hold the GIL for up to the switch interval at a time: the loop
+    # that answers the hook waits for it at every step, so keep the interval short
+    sys.setswitchinterval(SWITCH_INTERVAL)
     http_connections = config.http.max_connections if config.http else 0
     budget = fd_budget(raise_fd_limit(), config.hook.max_connections, config.query.max_connections,
                        config.query.max_connections_per_uid, http_connections)
