@@ -387,7 +387,9 @@ in
         User = "buildref";
         Group = "buildref";
         StateDirectory = "buildref buildref/spool";
-        StateDirectoryMode = "0750";
+        # What the service narrows them to at start (the index, the spool and mirrors of private
+        # repositories are for buildref alone; the hook writes the spool as root).
+        StateDirectoryMode = "0700";
         CacheDirectory = "buildref";
         Restart = "on-failure";
         TimeoutStopSec = 90;

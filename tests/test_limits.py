@@ -421,6 +421,30 @@ def test_huge_parameters_get_one_short_error_line(tmp_path: Path) -> None:
         unknown = json.loads(ServiceProcess.raw(svc.query_socket, rpc_line("lookup" + huge, {})))
         assert "…' (100006 characters)" in unknown["error"]["message"], unknown
 
+        # parameters within their bounds (4096 characters, 1024 for a ref) that reach the error
+        # paths behind the checks: each quotes at most a short, marked prefix
+        repo = tmp_path / "repo"
+        many_directories(repo, 1)
+        long = "y" * 4000
+        within = [
+            ("lookup", {"repo": "/" + long, "ref": "main"}),
+            ("lookup", {"repo": long, "ref": "main"}),
+            ("record", {"repo": "/" + long}),
+            ("record", {"repo": str(repo), "refs": ["y" * 1000]}),
+            ("refs", {"repo": "/" + long}),
+            ("builds", {"repo": long}),
+            ("why", {"what": "/nix/store/" + long}),
+            ("why", {"what": long}),
+            ("show", {"what": "/nix/store/" + long}),
+        ]
+        assert svc.call("record", {"repo": str(repo)})["refs"]
+        within.append(("lookup", {"repo": str(repo), "ref": "y" * 1000}))
+        for method, params in within:
+            answer = ServiceProcess.raw(svc.query_socket, rpc_line(method, params))
+            message = json.loads(answer)["error"]["message"]
+            assert message.startswith("error: ") and "y" * 81 not in message, (method, message)
+            assert "y" * 80 not in message or "…'" in message, (method, message)
+
         http_cases = [
             ("lookup", {"repo": "app", "ref": huge}),  # a URL over 80 KiB: refused before any handler
             ("lookup", {"repo": "app", "ref": "x" * 50_000}),

@@ -259,3 +259,41 @@ def test_deploy_script_uses_the_cached_build_and_builds_only_when_needed(
     service.wait_idle()  # the build went through the hook: now lookup knows it
     assert cli_json(service, "lookup", "app", "v2")["builds"][0]["outputs"]["out"] == out
     assert cli_json(service, "lookup", "app", "v2")["rev"] == v2
+
+
+def test_a_users_copy_never_outranks_the_configured_repository(nix: Nix, service: ServiceProcess,
+                                                               tmp_path: Path) -> None:
+    """Issue 12, item 5: a user copies a build's source into a repository of theirs, tags it
+    ``v9.9-official`` and records it. Round one listed it first. Answers say who recorded each
+    repository, and configured ones rank first."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    repo = tmp_path / "flake"
+    v1 = git(repo, "rev-parse", "HEAD")
+    built = nix_build_json(service.nix_env(nix.env), f"git+file://{repo}?rev={v1}")
+    service.wait_idle()
+    cli_json(service, "record", "app")
+    # the copy: the same files in a new commit of the user's own repository
+    copy = service.base / "forgery"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(copy)], check=True)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", v1], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(copy)], input=archive, check=True)
+    git(copy, "add", "-A")
+    git(copy, "-c", "user.name=mallory", "-c", "user.email=m@m", "commit", "-qm", "official release")
+    git(copy, "tag", "v9.9-official")
+    forged = git(copy, "rev-parse", "HEAD")
+    for root, dirs, files in os.walk(copy):
+        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            os.lchown(name, nobody.pw_uid, nobody.pw_gid)
+    as_nobody = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+                 sys.executable, "-m", "buildref", "--socket", str(service.query_socket)]
+    recorded = subprocess.run([*as_nobody, "record", str(copy)], capture_output=True, check=False, cwd="/")
+    assert recorded.returncode == 0, recorded.stderr.decode()
+
+    why = cli_json(service, "why", built[0]["outputs"]["out"])
+    sources = [(s["repository"], s["rev"], s["recordedBy"]) for s in why["sources"]]
+    assert sources[0] == ("app", v1, "config")
+    assert (str(copy), forged, nobody.pw_uid) in sources[1:]
+    text = run(service, "why", built[0]["outputs"]["out"])
+    assert f"recorded by uid {nobody.pw_uid}" in text.stdout.decode()

@@ -159,7 +159,7 @@ def test_only_owners_have_unconfigured_paths_recorded(watched: ServiceProcess, t
     def run(*args: str) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run([*as_nobody, *args, *socket], capture_output=True, check=False)
 
-    assert_error_line(run("record", str(other)), "not yours")
+    assert_error_line(run("record", str(other)), "not a git repository of yours")
     allowed = run("record", "app", "--json")
     assert allowed.returncode == 0, allowed.stderr.decode()
     assert json.loads(allowed.stdout)["repository"] == "app"

@@ -103,12 +103,17 @@ def test_sockets_modes_and_config_errors(service: ServiceProcess, tmp_path: Path
     assert_error_line(buildref_cli("serve", "--config", str(bad)), "hook.mode")
     bad.write_text('database = "postgresql://x/y"\n')
     assert_error_line(buildref_cli("serve", "--config", str(bad)), "only sqlite")
-    # a second service on the same sockets refuses to start, and the first keeps serving
-    second = ServiceProcess(service.base)
-    second.start(wait=False)
-    assert second.proc is not None and second.proc.wait(timeout=20) == 1
-    assert "another service is listening" in second.log_text()
-    assert service.call("status")["pid"] != second.proc.pid
+    # a second service on the same sockets (its own state directory: one on the same state
+    # directory stops before, test_state_faults.py) refuses to start, and the first keeps serving
+    second = ServiceProcess(hook={"socket": str(service.hook_socket)},
+                            query={"socket": str(service.query_socket)})
+    try:
+        second.start(wait=False)
+        assert second.proc is not None and second.proc.wait(timeout=20) == 1
+        assert "another service is listening" in second.log_text()
+        assert service.call("status")["pid"] != second.proc.pid
+    finally:
+        second.close()
 
 
 def test_status_and_builds_cli(nix: Nix, service: ServiceProcess, system: str, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from buildref.api import rpc
 from buildref.api.hookline import HookLines
 from buildref.api.http import HttpServer, listening
 from buildref.api.metrics import Metrics
-from buildref.api.operations import Caller, Services, UnknownMethod, bind
+from buildref.api.operations import Admission, Caller, Services, UnknownMethod, bind
 from buildref.api.sockets import (
     MAX_LINE,
     LineServer,
@@ -40,7 +40,8 @@ from buildref.api.sockets import (
     raise_fd_limit,
 )
 from buildref.config import Config
-from buildref.errors import BadConfig, BuildrefError
+from buildref.diskspace import SpaceFloor
+from buildref.errors import BadConfig, BuildrefError, IndexLost
 from buildref.ingest.contents import ContentLearner
 from buildref.ingest.inbox import Inbox
 from buildref.ingest.indexer import Indexer
@@ -54,11 +55,14 @@ from buildref.sources.locks import LockRecorder
 from buildref.sources.recorder import RefRecorder
 from buildref.sources.repositories import Repositories
 from buildref.sources.watch import RepoWatcher
-from buildref.store import open_store
+from buildref.statedir import locked, private_dir
+from buildref.store import open_store, sqlite_path
 
 SHUTDOWN_GRACE = 5.0  # seconds open requests get to finish after SIGTERM, before they are cancelled
 SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
 INDEX_DRAIN = 60.0  # seconds SIGTERM waits for pending events to be indexed (the rest wait for next start)
+RESTART_FIRST = 1.0  # seconds before a background task that failed runs again; doubled each time
+RESTART_MAX = 60.0
 
 
 @contextlib.contextmanager
@@ -86,6 +90,13 @@ def _sockets(config: Config) -> Iterator[tuple[socket.socket, socket.socket, boo
                 os.unlink(path)
 
 
+def _index_directory(config: Config) -> str:
+    """Where the index's file lives (its free space is what the floor guards)."""
+    if config.database.startswith("sqlite://"):
+        return os.path.dirname(sqlite_path(config.database)) or "/"
+    return config.state_dir
+
+
 @contextlib.contextmanager
 def _observer() -> Iterator[BaseObserver]:
     """One watchdog thread for the spool and the repositories."""
@@ -99,24 +110,74 @@ def _observer() -> Iterator[BaseObserver]:
             observer.join(timeout=5)
 
 
+async def _supervised(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """``run`` for the life of the service: whatever error it lets out (a bug, a failure nobody
+    foresaw) is logged and ``run`` started again, backing off; it never stops the service. Only
+    :class:`IndexLost` does: nothing written from then on would survive."""
+    log = structlog.get_logger()
+    delay = RESTART_FIRST
+    while True:
+        began = time.monotonic()
+        try:
+            await run()
+            return
+        except IndexLost:
+            raise
+        except Exception as e:
+            if time.monotonic() - began > RESTART_MAX:  # it ran well for a while: a fresh failure
+                delay = RESTART_FIRST
+            log.error("task failed; restarting it", task=name, restart_in=delay, exc_info=e)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RESTART_MAX)
+
+
+def _buildref_error(group: BaseExceptionGroup[Any]) -> BuildrefError | None:
+    """The first error of buildref's own in what a TaskGroup raised, to be said in one line."""
+    for e in group.exceptions:
+        if isinstance(e, BuildrefError):
+            return e
+        if isinstance(e, BaseExceptionGroup):
+            found = _buildref_error(e)
+            if found is not None:
+                return found
+    return None
+
+
 async def serve(config: Config) -> None:
+    """Run the service until SIGTERM or SIGINT. Raises a :class:`BuildrefError` (one line for
+    the operator) when it cannot start, or must stop: the state directory is another service's,
+    the index cannot be opened, or it was deleted while running."""
+    try:
+        await _serve(config)
+    except ExceptionGroup as group:  # from the TaskGroup: only IndexLost ends a task on purpose
+        error = _buildref_error(group)
+        if error is None:
+            raise
+        raise error from None
+
+
+async def _serve(config: Config) -> None:
     log = structlog.get_logger()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    os.makedirs(config.state_dir, mode=0o755, exist_ok=True)
     started = time.time()
-    # every connection is a descriptor: take all the process may have, then share them out so
-    # that clients can never take the ones the hook socket and the index need
     # threads (git work, parsing) hold the GIL for up to the switch interval at a time: the loop
     # that answers the hook waits for it at every step, so keep the interval short
     sys.setswitchinterval(SWITCH_INTERVAL)
+    # every connection is a descriptor: take all the process may have, then share them out so
+    # that clients can never take the ones the hook socket and the index need
     http_connections = config.http.max_connections if config.http else 0
     budget = fd_budget(raise_fd_limit(), config.hook.max_connections, config.query.max_connections,
                        config.query.max_connections_per_uid, http_connections)
 
     async with contextlib.AsyncExitStack() as stack:
+        # private whatever the umask: the index, the spool and mirrors of private repositories
+        private_dir(config.state_dir)
+        stack.enter_context(locked(config.state_dir))  # before anything in it is touched
+        private_dir(os.path.join(config.state_dir, "mirrors"))
+        private_dir(config.spool_dir)
         store = await stack.enter_async_context(open_store(config.database))
         hook_sock, query_sock, activated = stack.enter_context(_sockets(config))
         http_socks = stack.enter_context(listening(config.http)) if config.http else None
@@ -125,7 +186,9 @@ async def serve(config: Config) -> None:
         repositories = Repositories(config.repositories, os.path.join(config.state_dir, "mirrors"))
         locks = LockRecorder(store, config.flake_locks, config.store_dir)
         git = GitWork(config.store_dir)
-        recorder = RefRecorder(store, repositories, git, locks)
+        stack.callback(git.close)
+        recorder = RefRecorder(store, repositories, git, locks, config.limits,
+                               SpaceFloor(_index_directory(config), config.limits.min_free_mb))
         nix = Nix(config.nix_bin_dir)
         learner = ContentLearner(store, nix)
         indexer = Indexer(store, nix, config.store_dir, learner.wake)
@@ -143,7 +206,8 @@ async def serve(config: Config) -> None:
             return await status(store, activity(), config.spool_dir)
 
         queries = QueryContext(store, repositories, git, config.store_dir)
-        services = Services(queries, recorder, current_status)
+        services = Services(queries, recorder, current_status, config.limits,
+                            Admission(config.limits.user_requests))
 
         def on_query_error(what: str, e: BaseException) -> None:
             if isinstance(e, BuildrefError):
@@ -182,13 +246,14 @@ async def serve(config: Config) -> None:
             stack.push_async_callback(http_server.close)  # on any way out, before the index closes
 
         async with asyncio.TaskGroup() as tasks:
-            inbox_task = tasks.create_task(inbox.run())
-            indexer_task = tasks.create_task(indexer.run())
+            inbox_task = tasks.create_task(inbox.run())  # not restarted: it ends only with IndexLost
+            indexer_task = tasks.create_task(_supervised("indexer", indexer.run))
             spool.watch(observer, loop)
             watcher.watch(observer, loop)
             observer.start()
-            background = [tasks.create_task(spool.run()), tasks.create_task(watcher.run()),
-                          tasks.create_task(learner.run())]
+            background = [tasks.create_task(_supervised("spool", spool.run)),
+                          tasks.create_task(_supervised("watcher", watcher.run)),
+                          tasks.create_task(_supervised("contents", learner.run))]
             await hook_server.start(hook_sock)
             await query_server.start(query_sock)
             if http_server is not None:

@@ -49,9 +49,43 @@ class HttpConfig:
 
 @dataclass(frozen=True, slots=True)
 class Repository:
+    """A repository the service reads: configured, or recorded by someone. ``owner``: the user
+    whose rights bound what may be read there (a repository a user recorded); None when the
+    service may read all of it (configured, or recorded by root)."""
+
     name: str
     path: str
     url: str | None = None
+    owner: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """One ``[[cache]]``: a binary cache checked for presence, and the keys whose signatures count."""
+
+    url: str
+    public_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UploadConfig:
+    """``[upload]``: where every build's outputs are copied (any ``nix copy --to`` store URI)."""
+
+    to: str
+    batch: int = 32  # paths per `nix copy`
+    max_backoff: float = 3600.0  # seconds at most between two tries of a failing path
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one request and one user can make the service do (``[limits]``)."""
+
+    query_seconds: float = 30.0  # one query, its git work included
+    record_seconds: float = 600.0  # one ``record``
+    user_requests: int = 4  # requests one user (not root) may have running at once
+    user_repositories: int = 32  # repositories one user (not root) may have recorded
+    user_rows: int = 500_000  # index rows (revisions, ref moves, directories) of one user's repositories
+    min_free_mb: int = 256  # below this much free space for the index, only builds are recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +103,14 @@ class Config:
     nix_bin_dir: str = ""  # where nix lives; "" means PATH
     idle_timeout: float = 10.0  # seconds a client may stay connected without sending a whole line
     http: HttpConfig | None = None  # the HTTP API: off unless configured
+    limits: Limits = Limits()
+    caches: tuple[CacheConfig, ...] = ()
+    upload: UploadConfig | None = None
 
 
 _TOP_KEYS = {"state_dir", "store_dir", "database", "flake_locks", "hook", "query", "repository", "log",
-             "nix_bin_dir", "idle_timeout", "http"}
+             "nix_bin_dir", "idle_timeout", "http", "limits",
+             "cache", "upload"}
 
 
 def _take(table: dict[str, Any], key: str, kind: type, where: str, default: Any) -> Any:
@@ -89,7 +127,7 @@ def _positive(table: dict[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
-def _count(table: dict[str, Any], key: str, where: str, default: int) -> int:
+def _connections(table: dict[str, Any], key: str, where: str, default: int) -> int:
     value = _take(table, key, int, where, default)
     if not 1 <= value <= 100_000:
         raise BadConfig(f"{where}{key}: expected 1 to 100000, got {value!r}")
@@ -155,6 +193,71 @@ def _http(data: dict[str, Any]) -> HttpConfig | None:
     return HttpConfig(host, port, limit)
 
 
+def _count(table: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = _take(table, key, int, "limits.", default)
+    if not low <= value <= high:
+        raise BadConfig(f"limits.{key}: expected {low} to {high}, got {value!r}")
+    return int(value)
+
+
+def _limits(data: dict[str, Any]) -> Limits:
+    table = _take(data, "limits", dict, "", {})
+    defaults = Limits()
+    _unknown(table, set(Limits.__dataclass_fields__), "limits.")
+    seconds = {}
+    for key in ("query_seconds", "record_seconds"):
+        value = table.get(key, getattr(defaults, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
+            raise BadConfig(f"limits.{key}: expected a number of seconds (0 < t <= 86400), got {value!r}")
+        seconds[key] = float(value)
+    return Limits(
+        **seconds,
+        user_requests=_count(table, "user_requests", defaults.user_requests, 1, 1000),
+        user_repositories=_count(table, "user_repositories", defaults.user_repositories, 0, 1_000_000),
+        user_rows=_count(table, "user_rows", defaults.user_rows, 0, 10**12),
+        min_free_mb=_count(table, "min_free_mb", defaults.min_free_mb, 0, 10**9),
+    )
+
+
+def _caches(data: dict[str, Any]) -> tuple[CacheConfig, ...]:
+    found = []
+    for i, entry in enumerate(_take(data, "cache", list, "", [])):
+        where = f"cache[{i}]."
+        if not isinstance(entry, dict):
+            raise BadConfig(f"cache[{i}]: expected a table")
+        _unknown(entry, {"url", "public_keys"}, where)
+        url = _take(entry, "url", str, where, None)
+        if not url.startswith(("http://", "https://", "file://")):
+            raise BadConfig(f"{where}url: expected an http://, https:// or file:// binary cache, got {url!r}")
+        # none is allowed (the NixOS module's default) but makes the cache useless: a narinfo
+        # counts only when signed by one of them, and every answer from it says so
+        keys = _take(entry, "public_keys", list, where, [])
+        if not all(isinstance(k, str) for k in keys):
+            raise BadConfig(f"{where}public_keys: expected a list of keys like"
+                            " \"cache.example.org-1:BASE64\"")
+        found.append(CacheConfig(url, tuple(keys)))
+    return tuple(found)
+
+
+def _upload(data: dict[str, Any]) -> UploadConfig | None:
+    if "upload" not in data:
+        return None
+    table = _take(data, "upload", dict, "", None)
+    _unknown(table, {"to", "batch", "max_backoff"}, "upload.")
+    if "to" not in table:
+        raise BadConfig("upload.to: required in [upload] (a `nix copy --to` store URI)")
+    to = _take(table, "to", str, "upload.", None)
+    if not to.strip():
+        raise BadConfig("upload.to: expected a store URI like \"s3://bucket\" or \"file:///srv/cache\"")
+    batch = _take(table, "batch", int, "upload.", 32)
+    if not 1 <= batch <= 1000:
+        raise BadConfig(f"upload.batch: expected 1 to 1000, got {batch!r}")
+    backoff = table.get("max_backoff", 3600.0)
+    if isinstance(backoff, bool) or not isinstance(backoff, int | float) or not 1 <= backoff <= 86400:
+        raise BadConfig(f"upload.max_backoff: expected seconds from 1 to 86400, got {backoff!r}")
+    return UploadConfig(to, batch, float(backoff))
+
+
 def parse_config(data: dict[str, Any]) -> Config:
     _unknown(data, _TOP_KEYS, "")
     state_dir = _take(data, "state_dir", str, "", DEFAULT_STATE_DIR).rstrip("/") or "/"
@@ -197,13 +300,13 @@ def parse_config(data: dict[str, Any]) -> Config:
         database=_take(data, "database", str, "", f"sqlite://{state_dir}/buildref.db"),
         hook=SocketConfig(_take(hook, "socket", str, "hook.", DEFAULT_HOOK_SOCKET),
                           _mode(hook, "hook.", 0o600),
-                          _count(hook, "max_connections", "hook.", DEFAULT_HOOK_CONNECTIONS)),
+                          _connections(hook, "max_connections", "hook.", DEFAULT_HOOK_CONNECTIONS)),
         spool_dir=_take(hook, "spool_dir", str, "hook.", f"{state_dir}/spool"),
         query=SocketConfig(_take(query, "socket", str, "query.", DEFAULT_QUERY_SOCKET),
                            _mode(query, "query.", 0o666),
-                           _count(query, "max_connections", "query.", DEFAULT_QUERY_CONNECTIONS),
-                           _count(query, "max_connections_per_uid", "query.",
-                                  DEFAULT_QUERY_CONNECTIONS_PER_UID)),
+                           _connections(query, "max_connections", "query.", DEFAULT_QUERY_CONNECTIONS),
+                           _connections(query, "max_connections_per_uid", "query.",
+                                        DEFAULT_QUERY_CONNECTIONS_PER_UID)),
         flake_locks=tuple(locks),
         repositories=tuple(repos),
         log_format=log_format,
@@ -211,6 +314,9 @@ def parse_config(data: dict[str, Any]) -> Config:
         nix_bin_dir=_take(data, "nix_bin_dir", str, "", ""),
         idle_timeout=_positive(data, "idle_timeout", 10.0),
         http=_http(data),
+        limits=_limits(data),
+        caches=_caches(data),
+        upload=_upload(data),
     )
     check_url(config.database)  # now rather than at first use
     return config

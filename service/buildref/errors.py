@@ -118,6 +118,18 @@ def transient(e: OSError) -> bool:
     return e.errno in TRANSIENT_ERRNOS
 
 
+class IndexLost(StorageError):
+    """The index's file was deleted or replaced under the running service: what it commits from
+    then on would be gone at the next start, so nothing more is acknowledged and the service stops
+    (the hook spools; a restarted service records the spooled events in a fresh index)."""
+
+
+class StateDirInUse(BuildrefError):
+    """Another service holds the state directory (two would write one spool and one index)."""
+
+    kind = Kind.UNAVAILABLE
+
+
 class InternalError(BuildrefError):
     """A bug: the caller hears of it and the service goes on."""
 

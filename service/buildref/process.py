@@ -1,6 +1,6 @@
 """The one place buildref runs a subprocess: Nix, for what only Nix knows (the path a floating
-content-addressed output got, the NAR hash the store records for a path), and git, to mirror
-repositories given by URL.
+content-addressed output got, the NAR hash the store records for a path) and for copying builds
+to a binary cache, and git, to mirror repositories given by URL.
 
 Each command is a small function that builds an argv, runs it through :func:`run` and parses what
 it printed; a failure is reported as the exact command line and its status.
@@ -79,15 +79,24 @@ class Nix:
         return found
 
 
+    async def copy(self, to: str, paths: list[str], timeout: float = 3600.0) -> None:
+        """``nix copy --to`` ``to`` of ``paths`` and their closures (signed when ``to`` names a
+        ``secret-key``); raises :class:`CommandFailed` when Nix does."""
+        await run([self.tool("nix"), "--extra-experimental-features", "nix-command", "copy", "--to", to,
+                   *paths], timeout)
+
+
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
 
 
 async def mirror(url: str, path: str, timeout: float = 600.0) -> None:
-    """Keep a bare mirror of ``url`` at ``path``: cloned the first time, fetched (pruned) after."""
+    """Keep a bare mirror of ``url`` at ``path``: cloned the first time, fetched (pruned) after.
+    The clone is 0700 whatever the umask (git makes it 0755): the repository may be private."""
     env = {**os.environ, **_GIT_ENV}
     if os.path.isdir(path):
         await run(["git", "-C", path, "remote", "update", "--prune"], timeout, env)
     else:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         await run(["git", "clone", "--mirror", "--quiet", "--", url, path], timeout, env)
+        os.chmod(path, 0o700)
 

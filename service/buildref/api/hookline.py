@@ -14,10 +14,8 @@ from buildref.api.sockets import MAX_LINE, Peer
 from buildref.errors import BadRequest, BadStorePath, quoted, transient
 from buildref.ingest.inbox import Inbox
 from buildref.models import HookEvent
-from buildref.nix.storepath import MAX_NAME_LEN, StorePath
+from buildref.nix.storepath import MAX_BASE_NAME, StorePath
 from buildref.store.api import NewEvent
-
-MAX_BASE_NAME = 1 + 32 + 1 + MAX_NAME_LEN  # "/", the hash part, "-", the longest name Nix allows
 
 
 def parse_event(line: bytes, store_dir: str) -> HookEvent:

@@ -3,11 +3,14 @@ case. The query socket serves it; so does the HTTP API, whose callers may only r
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from buildref.errors import BuildrefError, Forbidden, Kind, quoted
+from buildref.config import Limits
+from buildref.errors import BuildrefError, Forbidden, Kind, ServiceUnavailable, quoted
 from buildref.models import (
     BuildsParams,
     EventsParams,
@@ -23,6 +26,7 @@ from buildref.query import listings
 from buildref.query.context import QueryContext
 from buildref.query.lookup import lookup
 from buildref.query.why import why
+from buildref.sources.access import trusted
 from buildref.sources.recorder import RefRecorder
 
 
@@ -38,6 +42,32 @@ class Caller:
     uid: int | None
 
 
+class Admission:
+    """How many requests each user (not root, not the service's user) has running; one more than
+    ``limits.user_requests`` is refused at once rather than queued behind the others."""
+
+    def __init__(self, per_user: int) -> None:
+        self._per_user = per_user
+        self._running: dict[int, int] = {}
+
+    @contextlib.contextmanager
+    def enter(self, caller: Caller) -> Iterator[None]:
+        uid = caller.uid
+        if uid is None or trusted(uid):
+            yield
+            return
+        if self._running.get(uid, 0) >= self._per_user:
+            raise ServiceUnavailable(f"uid {uid} already has {self._per_user} requests running (limits."
+                                     "user_requests); ask again when one is answered")
+        self._running[uid] = self._running.get(uid, 0) + 1
+        try:
+            yield
+        finally:
+            self._running[uid] -= 1
+            if not self._running[uid]:
+                del self._running[uid]
+
+
 @dataclass(frozen=True, slots=True)
 class Services:
     """What the operations run on, built once by the app."""
@@ -45,6 +75,8 @@ class Services:
     queries: QueryContext
     recorder: RefRecorder
     status: Callable[[], Awaitable[Wire]]
+    limits: Limits
+    admission: Admission
 
 
 Run = Callable[[Services, Caller, Any], Awaitable[Any]]
@@ -118,7 +150,22 @@ def bind(services: Services, caller: Caller, name: str, params: Mapping[str, obj
     if op.writes and caller.uid is None:
         raise Forbidden(f"'{name}' is not served here: it is for local users (the query socket)")
     parsed = op.params.from_json(params, text=text)
-    return lambda: op.run(services, caller, parsed)
+    return lambda: _run(services, caller, op, parsed)
+
+
+async def _run(services: Services, caller: Caller, op: Operation, parsed: Wire) -> Any:
+    """``op`` within the caller's share of requests and its time bound."""
+    key, seconds = (("record_seconds", services.limits.record_seconds) if op.writes
+                    else ("query_seconds", services.limits.query_seconds))
+    with services.admission.enter(caller):
+        bound = asyncio.timeout(seconds)
+        try:
+            async with bound:
+                return await op.run(services, caller, parsed)
+        except TimeoutError:
+            if not bound.expired():
+                raise
+            raise ServiceUnavailable(f"'{op.name}' was stopped after {seconds:g} s (limits.{key})") from None
 
 
 async def call(services: Services, caller: Caller, name: str, params: Mapping[str, object],

@@ -2,13 +2,13 @@
 
 from buildref.cache.client import (
     CacheClient,
-    CacheConfig,
     CachePresence,
     PathPresence,
     Presence,
     ProbeSettings,
     Reason,
 )
+from buildref.config import CacheConfig
 
 __all__ = [
     "CacheClient",

@@ -19,18 +19,11 @@ from typing import assert_never
 
 from buildref.cache.memo import TtlLru
 from buildref.cache.transport import Fetched, Outcome, Transport, cache_base
+from buildref.config import CacheConfig
 from buildref.errors import BadConfig, BadNarInfo, BadSigningKey
 from buildref.nix.hashes import Hash
 from buildref.nix.narinfo import CacheInfo, NarInfoFile, PublicKey, public_keys
 from buildref.nix.storepath import DEFAULT_STORE_DIR, StorePath
-
-
-@dataclass(frozen=True, slots=True)
-class CacheConfig:
-    """One ``[[cache]]``: where it is and the keys whose signatures count."""
-
-    url: str
-    public_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

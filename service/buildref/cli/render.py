@@ -6,7 +6,19 @@ import sys
 from collections.abc import Sequence
 
 from buildref.cli.common import when
-from buildref.models import Build, DerivationInfo, Event, Lookup, Recorded, RefMove, Status, Why, WhyPath
+from buildref.models import (
+    Build,
+    DerivationInfo,
+    Event,
+    Lookup,
+    Match,
+    Recorded,
+    RecordedBy,
+    RefMove,
+    Status,
+    Why,
+    WhyPath,
+)
 
 
 def status(s: Status) -> None:
@@ -77,12 +89,20 @@ def lookup(r: Lookup) -> None:
         print("no builds found")
 
 
+def who_recorded(by: RecordedBy) -> str:
+    if by == "config":
+        return "configured"
+    return "recorded by an unknown user" if by is None else f"recorded by uid {by}"
+
+
 def why(r: Why) -> None:
     if isinstance(r, WhyPath):
         print(f"{r.path} is output '{r.output}' of {r.drv_path} (built {when(r.built_at)})")
     for s in r.sources:
         where = f"/{s.subdir}" if s.subdir else ""
-        print(f"{s.repository}{where} at {s.rev} ({', '.join(s.refs) or 'no ref'}): {s.store_path}")
+        match = "" if s.match is Match.EXACT else f" {s.match.value} match"
+        print(f"{s.repository}{where} at {s.rev} ({', '.join(s.refs) or 'no ref'}): {s.store_path}"
+              f"  [{who_recorded(s.recorded_by)}{match}]")
     if not r.sources:
         print("no revision found")
     if r.not_searched:

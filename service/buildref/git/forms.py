@@ -124,11 +124,10 @@ class TreeForms:
         does not have it (missing, not a directory, left out by export-ignore)."""
         stack, path = EMPTY, b""
         for part in [p for p in subdir.split("/") if p]:
-            entries = self.entries(tree)
             if rule is TreeRule.EXPORT_IGNORE:
-                stack = self._trees.stack_of(entries, path, stack)
+                stack = self._trees.stack_of(self.entries(tree), path, stack)
             name = os.fsencode(part)
-            entry = next((e for e in entries if e.name == name), None)
+            entry = self._trees.entry(tree, name)
             if entry is None or not entry.is_tree:
                 return None
             if rule is TreeRule.EXPORT_IGNORE and stack.export_ignored(path + name, True):

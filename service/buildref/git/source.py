@@ -94,12 +94,15 @@ class GitRepository:
     """One repository, opened once, with its tree memo."""
 
     def __init__(self, path: str, store_dir: str = DEFAULT_STORE_DIR) -> None:
+        """The repository at ``path`` (a checkout, its ``.git``, or a bare repository); never one
+        found further up, as git would: the path given is the repository meant."""
         import pygit2
+        from pygit2.enums import RepositoryOpenFlag
 
         _configure_libgit2()
         self._pygit2 = pygit2
         try:
-            self.repo: Any = pygit2.Repository(path)
+            self.repo: Any = pygit2.Repository(path, RepositoryOpenFlag.NO_SEARCH)
         except (pygit2.GitError, KeyError, OSError) as e:
             raise GitError(f"'{path}' is not a git repository: {e}") from None
         self.path = path
@@ -223,11 +226,10 @@ class GitRepository:
         path = b""
         stack = EMPTY
         for depth, part in enumerate(parts):
-            entries = self.trees.entries(tree)
             if rule is TreeRule.EXPORT_IGNORE:
-                stack = self.trees.stack_of(entries, path, stack)
+                stack = self.trees.stack_of(self.trees.entries(tree), path, stack)
             name = os.fsencode(part)
-            entry = next((e for e in entries if e.name == name), None)
+            entry = self.trees.entry(tree, name)
             if entry is None:
                 raise GitError(f"'{subdir}' does not exist in this revision")
             is_dir = entry.is_tree or entry.is_gitlink

@@ -13,6 +13,7 @@ expanded ``$Format:...$`` depends on the commit too: its memo entry serves only 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -143,6 +144,11 @@ class TreeNarCache:
         self._odb = repo.odb
         self.max_bytes = max_bytes
         self._memo: dict[_MemoKey, Fragment] = {}
+        # parsed trees, most recently used last, bounded by entries: the same big directory is
+        # listed once per path below it (a folder of 5,000 directories, 5,000 times)
+        self._listings: OrderedDict[bytes, _Listing] = OrderedDict()
+        self._listed = 0
+        self.listings_parsed = 0  # tree objects parsed into entries (each big one should be once)
         self._inline_bytes = 0
         self.trees_read = 0  # how many tree objects were serialised (not taken from the memo)
 
@@ -218,6 +224,8 @@ class TreeNarCache:
         """The ``.gitattributes`` among ``entries``, if any. git reads it from the index whatever
         its mode, so a symlink's target text counts too."""
         for entry in entries:
+            if entry.name[:1] > b".":  # git's order: nothing after this can be .gitattributes
+                break
             if entry.name == b".gitattributes" and entry.mode & _MODE_TYPE in (_MODE_REGULAR, _MODE_LINK):
                 if self.blob_size(entry.oid) >= MAX_FILE_SIZE:
                     return None
@@ -293,8 +301,42 @@ class TreeNarCache:
         parts, depends_on, problem = self.node(entry, path, rewrite, commit)
         return Fragment(list(parts), commit=depends_on, path=path, problem=problem)
 
+    def _listing(self, tree: bytes) -> _Listing:
+        found = self._listings.get(tree)
+        if found is not None:
+            self._listings.move_to_end(tree)
+            return found
+        found = self._listings[tree] = _Listing(parse_tree(self._read(tree, _TREE), len(tree)))
+        self.listings_parsed += 1
+        self._listed += len(found.entries)
+        while self._listed > MAX_LISTED and len(self._listings) > 1:
+            self._listed -= len(self._listings.popitem(last=False)[1].entries)
+        return found
+
     def entries(self, tree: bytes) -> list[Entry]:
-        return parse_tree(self._read(tree, _TREE), len(tree))
+        return self._listing(tree).entries
+
+    def entry(self, tree: bytes, name: bytes) -> Entry | None:
+        """The entry called ``name`` in ``tree``, if any."""
+        return self._listing(tree).named(name)
+
+
+MAX_LISTED = 200_000  # tree entries kept parsed
+
+
+class _Listing:
+    """A parsed tree, and its entries by name once one is looked up by name."""
+
+    __slots__ = ("_by_name", "entries")
+
+    def __init__(self, entries: list[Entry]) -> None:
+        self.entries = entries
+        self._by_name: dict[bytes, Entry] | None = None
+
+    def named(self, name: bytes) -> Entry | None:
+        if self._by_name is None:
+            self._by_name = {e.name: e for e in self.entries}
+        return self._by_name.get(name)
 
 
 class _Frame:

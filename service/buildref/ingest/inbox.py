@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import structlog
+
+from buildref.errors import IndexLost
 from buildref.store.api import EventLog, NewEvent
 
 MAX_GROUP = 500  # one INSERT statement per group
@@ -36,6 +39,7 @@ class Inbox:
         self._queue.put_nowait(None)
 
     async def run(self) -> None:
+        """Commit what is put, in groups, until :meth:`close`; raises :class:`IndexLost`."""
         stopping = False
         while not stopping:
             first = await self._queue.get()
@@ -54,12 +58,23 @@ class Inbox:
                 await self._commit(group)
 
     async def _commit(self, group: list[_Item]) -> None:
+        """Commit ``group`` and answer its senders. Raises :class:`IndexLost` (which ends
+        :meth:`run`, and the service): the index is gone, so nothing more may be acknowledged."""
         try:
             await self._log.append([event for event, _ in group])
         except Exception as e:  # every waiter hears of it; the senders spool or retry
             for _, done in group:
                 if not done.done():
                     done.set_exception(e)
+            if isinstance(e, IndexLost):
+                while not self._queue.empty():  # the senders queued behind it spool now, too
+                    item = self._queue.get_nowait()
+                    if item is not None and not item[1].done():
+                        item[1].set_exception(e)
+                structlog.get_logger("buildref.inbox").critical(
+                    "index lost", error=str(e), consequence="hook events are no longer acknowledged "
+                    "(they wait in the spool); stopping")
+                raise
             return
         self.received += len(group)
         self.groups += 1

@@ -7,8 +7,9 @@ import os
 from dataclasses import dataclass
 
 from buildref.config import Repository
-from buildref.errors import UnknownRepository
+from buildref.errors import UnknownRepository, quoted
 from buildref.models import RecordedBy
+from buildref.sources.access import trusted
 from buildref.sources.gitwork import GitWork
 from buildref.sources.repositories import Repositories
 from buildref.store.api import Reader, RepositoryInfo, Store
@@ -35,12 +36,16 @@ async def recorded_repository(ctx: QueryContext, reader: Reader, spec: str) -> R
     info = await reader.sources.repository(spec)
     if info is not None:
         return info
-    repo = ctx.repositories.resolve(spec)
-    info = await reader.sources.repository(repo.name)
+    # by names alone, never by looking at the path: whether another user's path exists or is
+    # readable is not for the query socket to tell
+    name = ctx.repositories.index_name(spec)
+    info = await reader.sources.repository(name)
     if info is None:
-        if ctx.repositories.recorded_by(repo, None) == "config":
-            return RepositoryInfo(UNRECORDED, repo.name, repo.path, repo.url, "config")
-        raise UnknownRepository(f"repository '{repo.name[:200]}' has not been recorded yet (buildref record)")
+        configured = ctx.repositories.named(spec)
+        if configured is not None:
+            return RepositoryInfo(UNRECORDED, configured.name, configured.path, configured.url, "config")
+        raise UnknownRepository(f"repository {quoted(name)} has not been recorded"
+                                " (buildref record records it)")
     return info
 
 
@@ -53,10 +58,13 @@ async def searchable(ctx: QueryContext, reader: Reader) -> list[RepositoryInfo]:
 
 
 def at_hand(info: RepositoryInfo) -> Repository | None:
-    """The repository on disk, if it is still there (a recorded path may have gone)."""
+    """The repository on disk, if it is still there (a recorded path may have gone). One a user
+    recorded is read with that user's rights (checked before each piece of git work)."""
     if not os.path.isdir(info.path):
         return None
-    return Repository(info.name, info.path, info.url)
+    by = recorded_by(info)
+    owner = by if isinstance(by, int) and not trusted(by) else None
+    return Repository(info.name, info.path, info.url, owner)
 
 
 def recorded_by(info: RepositoryInfo) -> RecordedBy:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from buildref.config import Repository
-from buildref.errors import BadArchive, BuildrefError, UnknownRevision
+from buildref.errors import BadArchive, BuildrefError, UnknownRevision, quoted
 from buildref.git.forms import blob_id, distinctive_leaf, read_copy
 from buildref.git.history import resolve
 from buildref.git.partial import CANDIDATES, Relation, best_relation, prefixes
@@ -277,7 +277,7 @@ async def _resolve(ctx: QueryContext, reader: Reader, info: RepositoryInfo, repo
         try:
             resolved = await ctx.git.run(repo, partial(resolve, spec=ref))
         except UnknownRevision:
-            raise UnknownRevision(f"no revision '{ref[:100]}' in repository '{info.name[:200]}'") from None
+            raise UnknownRevision(f"no revision {quoted(ref)} in repository {quoted(info.name)}") from None
         return resolved.ref or ref, resolved.rev
     when = at if at is not None else time.time()
     names = [ref] if ref.startswith("refs/") or ref == "HEAD" else [
@@ -291,7 +291,7 @@ async def _resolve(ctx: QueryContext, reader: Reader, info: RepositoryInfo, repo
             return ref, revs[0]
         if len(revs) > 1:
             raise UnknownRevision(f"'{ref}' is ambiguous: {len(revs)} recorded revisions start with it")
-    raise UnknownRevision(f"no recorded ref or revision '{ref[:100]}' (buildref record records refs)")
+    raise UnknownRevision(f"no recorded ref or revision {quoted(ref)} (buildref record records refs)")
 
 
 async def lookup(ctx: QueryContext, p: LookupParams) -> Lookup:

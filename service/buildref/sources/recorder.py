@@ -11,17 +11,19 @@ from functools import partial
 
 import structlog
 
-from buildref.config import Repository
-from buildref.errors import BuildrefError, UnknownRevision
+from buildref.config import Limits, Repository
+from buildref.diskspace import SpaceFloor
+from buildref.errors import BuildrefError, Forbidden, UnknownRevision, quoted
 from buildref.git.forms import DirForm
 from buildref.git.source import GitRepository
 from buildref.git.tree_nar import TreeRule
 from buildref.models import Recorded, RefChange
 from buildref.process import mirror
+from buildref.sources.access import trusted
 from buildref.sources.gitwork import GitWork
 from buildref.sources.locks import LockRecorder
 from buildref.sources.repositories import Repositories
-from buildref.store.api import RepositoryRecord, RevisionRecord, Store, TreeRecord
+from buildref.store.api import RepositoryRecord, RevisionRecord, SourceUsage, Store, TreeRecord
 
 
 def list_refs(repo: GitRepository, wanted: tuple[str, ...] | None) -> dict[str, tuple[str, int]]:
@@ -43,7 +45,7 @@ def list_refs(repo: GitRepository, wanted: tuple[str, ...] | None) -> dict[str, 
             try:
                 names.append(git.lookup_reference_dwim(name).name)
             except (KeyError, pygit2.InvalidSpecError, pygit2.GitError):
-                raise UnknownRevision(f"no ref '{name}' in repository '{repo.path}'") from None
+                raise UnknownRevision(f"no ref {quoted(name)} in repository '{repo.path}'") from None
     found = {}
     for name in names:
         try:
@@ -118,12 +120,37 @@ def ref_moves(current: dict[str, str | None], targets: dict[str, str], complete:
     return moves
 
 
+class _Quota:
+    """What one user's repositories may take (``limits.user_*``), checked as a record goes: work
+    stops as soon as the rows it would add go over, before anything is written."""
+
+    def __init__(self, limits: Limits, recorded_by: str) -> None:
+        self._limits = limits
+        self._who = recorded_by
+        self._rows = 0
+
+    def start(self, usage: SourceUsage, new_repository: bool) -> None:
+        if new_repository and usage.repositories >= self._limits.user_repositories:
+            raise Forbidden(f"uid {self._who} has {usage.repositories} repositories recorded, the most a user"
+                            f" may (limits.user_repositories)")
+        self._rows = usage.rows
+
+    def add(self, rows: int) -> None:
+        self._rows += rows
+        if self._rows > self._limits.user_rows:
+            raise Forbidden(f"recording this would take uid {self._who}'s repositories past"
+                            f" {self._limits.user_rows} index rows (limits.user_rows); nothing was recorded")
+
+
 class RefRecorder:
-    def __init__(self, store: Store, repositories: Repositories, git: GitWork, locks: LockRecorder) -> None:
+    def __init__(self, store: Store, repositories: Repositories, git: GitWork, locks: LockRecorder,
+                 limits: Limits, space: SpaceFloor) -> None:
         self._store = store
         self._repositories = repositories
         self._git = git
         self._locks = locks
+        self._limits = limits
+        self._space = space
         self._recording: dict[str, asyncio.Lock] = {}  # one pass per repository at a time
         self._log = structlog.get_logger("buildref.refs")
 
@@ -133,18 +160,25 @@ class RefRecorder:
         given as ``spec`` is mirrored under the state directory). ``uid``: who asks (None: the
         service itself, for a configured repository)."""
         repo = self._repositories.resolve(spec, uid)
+        recorded_by = self._repositories.recorded_by(repo, uid)
+        quota = None if trusted(uid) else _Quota(self._limits, recorded_by)
+        self._space.check(0, f"recording {quoted(repo.name)}")
         if repo.url is not None and (fetch or not os.path.isdir(repo.path)):
             await mirror(repo.url, repo.path)
         async with self._recording.setdefault(repo.name, asyncio.Lock()):
-            return await self._record(repo, refs, self._repositories.recorded_by(repo, uid))
+            return await self._record(repo, refs, recorded_by, quota)
 
-    async def _record(self, repo: Repository, refs: tuple[str, ...] | None, recorded_by: str) -> Recorded:
+    async def _record(self, repo: Repository, refs: tuple[str, ...] | None, recorded_by: str,
+                      quota: _Quota | None) -> Recorded:
         tips = await self._git.run(repo, partial(list_refs, wanted=refs))
         revs = sorted({rev for rev, _ in tips.values()})
         async with self._store.reading() as reader:
             info = await reader.sources.repository(repo.name)
             known = await reader.sources.revisions(info.id, revs) if info else {}
             current = await reader.sources.current_refs(info.id) if info else {}
+            if quota is not None:
+                quota.start(await reader.sources.usage(recorded_by), new_repository=info is None)
+                quota.add(len(tips))  # ref moves, at most one per ref
         # revisions new to the index, and ones recorded before their forms were kept
         fresh = [rev for rev in revs if rev not in known or known[rev].root_export_ignore is None]
         revisions: list[RevisionRecord] = []
@@ -156,6 +190,8 @@ class RefRecorder:
             async with self._store.reading() as reader:
                 have = set(await reader.sources.trees(oids)) | {t.form for t in trees}
             trees += await self._git.run(repo, partial(new_trees, revision=computed, known=have))
+            if quota is not None:
+                quota.add(1 + len(oids - forms))  # the revision, and its directories' links
             forms |= oids
             revisions.append(RevisionRecord(rev, computed.commit_time, computed.root(TreeRule.EXPORT_IGNORE),
                                             computed.root(TreeRule.RAW)))
@@ -169,6 +205,8 @@ class RefRecorder:
         targets = {ref: rev for ref, (rev, _) in tips.items()}
         moves = ref_moves(current, targets, complete=refs is None)
         record = RepositoryRecord(repo.name, repo.path, repo.url, recorded_by)
+        rows = len(revisions) + len(forms) + len(trees) + len(moves)
+        self._space.check(rows, f"recording {quoted(repo.name)}")
         await self._store.sources.record_revisions(record, revisions, forms, trees, moves)
         return Recorded(repository=repo.name, refs={ref: rev for ref, (rev, _) in sorted(tips.items())},
                         moved=tuple(moves), revisions_indexed=len(revisions), sources_indexed=len(trees))

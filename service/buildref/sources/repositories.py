@@ -1,6 +1,6 @@
 """Which repository a request names (a configured name, a path, a URL), and whether the caller may
 have the service read it: the query socket is open to every local user, and the service can read
-more than they can."""
+more than they can (see :mod:`buildref.sources.access`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import os
 import re
 
 from buildref.config import Repository
-from buildref.errors import Forbidden, UnknownRepository
+from buildref.errors import Forbidden, UnknownRepository, quoted
+from buildref.sources.access import Credentials, Denied, locate, not_yours, trusted
 
 
 def is_url(spec: str) -> bool:
@@ -36,27 +37,47 @@ class Repositories:
             return "config"
         return str(uid if uid is not None else os.geteuid())
 
-    def resolve(self, spec: str, uid: int | None = None) -> Repository:
-        """A configured name, or the path of a repository (named by its absolute path), or a URL.
-        With ``uid`` (who asks), an unconfigured path must belong to that user, or the user be
-        root; only root can have an unconfigured URL mirrored."""
+    def named(self, spec: str) -> Repository | None:
+        """The configured repository ``spec`` names (its name, path or URL); touches no file."""
         configured = self._configured.get(spec)
         if configured is not None:
             return configured
         for repo in self._configured.values():
-            if os.path.abspath(spec) == os.path.abspath(repo.path):
+            same_path = spec.startswith("/") and os.path.abspath(spec) == os.path.abspath(repo.path)
+            if spec == repo.url or same_path:
                 return repo
+        return None
+
+    def index_name(self, spec: str) -> str:
+        """The name ``record`` would give ``spec`` in the index; touches no file."""
+        configured = self.named(spec)
+        if configured is not None:
+            return configured.name
+        return os.path.abspath(spec) if spec.startswith("/") else spec
+
+    def resolve(self, spec: str, uid: int | None = None) -> Repository:
+        """The repository to record for ``spec``: a configured one, or the path of a repository
+        (named by its absolute path), or a URL. ``uid``: who asks (None: the service itself). Only
+        root can have an unconfigured URL mirrored; another user only a repository of theirs,
+        checked as them."""
+        configured = self.named(spec)
+        if configured is not None:
+            return configured
         if is_url(spec):
-            for repo in self._configured.values():
-                if repo.url == spec:
-                    return repo
-            if uid not in (None, 0):
-                raise Forbidden(f"'{spec}' is not configured: only root can have a URL mirrored")
+            if not trusted(uid):
+                raise Forbidden(f"{quoted(spec)} is not configured: only root can have a URL mirrored")
             return Repository(spec, self.mirror_path(spec), spec)
-        if spec.startswith("/") and os.path.isdir(spec):
-            path = os.path.abspath(spec)
-            if uid not in (None, 0) and os.stat(path).st_uid != uid:
-                raise Forbidden(f"'{path}' is not configured and not yours: only its owner or root "
-                                "can have it recorded")
-            return Repository(path, path)
-        raise UnknownRepository(f"no repository '{spec}': give a configured name or an absolute path")
+        if not spec.startswith("/"):
+            raise UnknownRepository(f"no repository {quoted(spec)}: give a configured name or an"
+                                    " absolute path")
+        name = os.path.abspath(spec)
+        if trusted(uid):
+            if not os.path.isdir(name):
+                raise UnknownRepository(f"no repository {quoted(name)}: no such directory")
+            return Repository(name, name)
+        assert uid is not None
+        try:
+            locate(name, Credentials.of(uid))
+        except Denied:
+            raise not_yours(name) from None
+        return Repository(name, name, owner=uid)  # checked again before every read (GitWork)

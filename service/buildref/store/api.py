@@ -7,7 +7,7 @@ The records here are the storage boundary's data; what goes on the wire is in ``
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import Enum
@@ -145,6 +145,14 @@ class RepositoryInfo:
     path: str
     url: str | None
     recorded_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceUsage:
+    """What the repositories one recorder (``config`` or a uid) recorded take in the index."""
+
+    repositories: int
+    rows: int  # revisions, ref moves and directory forms
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +330,9 @@ class SourceQueries(Protocol):
 
     async def repositories(self) -> list[RepositoryInfo]: ...
 
+    async def usage(self, recorded_by: str) -> SourceUsage:
+        """What the repositories recorded by ``recorded_by`` take (for per-user quotas)."""
+
     async def current_refs(self, repo_id: int) -> dict[str, str | None]:
         """Each ref's latest recorded target (None: deleted)."""
 
@@ -349,6 +360,42 @@ class SourceQueries(Protocol):
     async def locked_inputs(self, paths: Collection[str], hashes: Collection[str]) -> list[LockedInput]: ...
 
     async def ref_history(self, repo_id: int) -> list[RefMove]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UploadItem:
+    path: str
+    attempts: int  # copies tried and failed so far
+
+
+@dataclass(frozen=True, slots=True)
+class UploadCounts:
+    pending: int  # waiting for a first copy, or for a retry after a failed batch
+    done: int
+    failed: int  # whose last copy alone failed (tried again later)
+    dropped: int  # gone from the store before they could be copied
+
+
+class UploadQueue(Protocol):
+    """Paths to copy to the upload target, durable: kept on this machine, whatever the index."""
+
+    async def enqueue(self, paths: Collection[str], now: float) -> None:
+        """Queue ``paths`` (a path already queued or copied is left as it is)."""
+
+    async def due(self, now: float, limit: int) -> list[UploadItem]:
+        """Up to ``limit`` paths whose copy is due, oldest first."""
+
+    async def next_due(self, now: float) -> float | None:
+        """Seconds until the next path is due (0 when one is); None when none waits."""
+
+    async def done(self, paths: Collection[str], now: float) -> None: ...
+
+    async def failed(self, retries: Mapping[str, tuple[int, float]], error: str, now: float) -> None:
+        """Each path's attempts so far and when to try it again."""
+
+    async def dropped(self, paths: Collection[str], now: float) -> None: ...
+
+    async def counts(self) -> UploadCounts: ...
 
 
 class Reader(Protocol):

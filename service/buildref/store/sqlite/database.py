@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from buildref.errors import StorageError
+from buildref.errors import IndexLost, StorageError
 
 T = TypeVar("T")
 
@@ -43,12 +43,25 @@ async def connect(path: str, *, reader: bool, durable: bool = True) -> aiosqlite
     return conn
 
 
+FileId = tuple[int, int] | None  # (st_dev, st_ino), or None for no file
+
+
+def _file_id(path: str) -> FileId:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class Database:
     """The connections to one SQLite file; open with :meth:`open`, close once."""
 
     def __init__(self, path: str, writer: aiosqlite.Connection) -> None:
         self.path = path
         self._writer = writer
+        self._files: list[tuple[str, FileId]] = []  # what check_file compares with, from open()
+        self._lost: str | None = None
         self._writing = asyncio.Lock()
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
@@ -65,7 +78,24 @@ class Database:
         except BaseException:
             await db.close()
             raise
+        # The files the connections hold open (the WAL exists while any connection is open, and
+        # keeps its inode through checkpoints): a path that names another file, or none, means the
+        # index was deleted or replaced under us.
+        db._files = [(p, _file_id(p)) for p in (path, path + "-wal")]
         return db
+
+    def check_file(self) -> None:
+        """Raise :class:`IndexLost` when the database file, or its WAL, is no longer at its path:
+        what was just committed went into an unlinked file. Two ``stat`` calls, after each commit."""
+        if self._lost is None:
+            for path, opened in self._files:
+                if opened is not None and _file_id(path) != opened:
+                    self._lost = (f"the index {self.path} was deleted or replaced while the service ran "
+                                  f"({path} is {'gone' if _file_id(path) is None else 'another file'}): "
+                                  "nothing more is acknowledged; restart the service")
+                    break
+        if self._lost is not None:
+            raise IndexLost(self._lost)
 
     async def close(self) -> None:
         for conn in [*self._all_readers, self._writer]:
@@ -80,12 +110,14 @@ class Database:
             try:
                 await _storage(self._writer.execute("BEGIN IMMEDIATE"))
                 yield self._writer
-            except BaseException:
+            except BaseException as e:
                 # also when the caller was cancelled (its client left) at any await, BEGIN's too:
                 # what was queued still runs in the writer's thread, so ROLLBACK goes after it, and
                 # the next transaction waits for it
-                with contextlib.suppress(Exception):  # a failed COMMIT may have ended it already
+                with contextlib.suppress(Exception):  # a failed statement may have ended it already
                     await _to_the_end(self._writer.execute("ROLLBACK"))
+                if isinstance(e, sqlite3.Error):  # a full disk, say: the real reason, said once
+                    raise StorageError(f"the index could not be written: {e}") from None
                 raise
             try:
                 await self._writer.execute("COMMIT")
@@ -93,12 +125,15 @@ class Database:
                 with contextlib.suppress(Exception):
                     await self._writer.execute("ROLLBACK")
                 raise StorageError(f"the index could not commit: {e}") from None
+            self.check_file()
 
     @contextlib.asynccontextmanager
     async def statement(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The writer for one statement outside an explicit transaction (autocommit)."""
+        """The writer for one statement outside an explicit transaction (autocommit); the
+        committed statement counts only if the file is still the index (the inbox acks after it)."""
         async with self._writing:
             yield self._writer
+            self.check_file()
 
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[aiosqlite.Connection]:

@@ -16,6 +16,7 @@ from buildref.store.api import (
     RepositoryRecord,
     RevisionInfo,
     RevisionRecord,
+    SourceUsage,
     TreeRecord,
 )
 from buildref.store.sqlite.database import Database, rows, rows_in
@@ -86,6 +87,15 @@ class SqliteSourceQueries:
     async def repositories(self) -> list[RepositoryInfo]:
         found = await rows(self._conn, f"SELECT {_REPOSITORY} FROM repositories ORDER BY id")
         return [RepositoryInfo(*row) for row in found]
+
+    async def usage(self, recorded_by: str) -> SourceUsage:
+        (count, rows_), = await rows(
+            self._conn,
+            "SELECT count(*), coalesce(sum((SELECT count(*) FROM revisions WHERE repo_id = r.id)"
+            " + (SELECT count(*) FROM ref_moves WHERE repo_id = r.id)"
+            " + (SELECT count(*) FROM repo_trees WHERE repo_id = r.id)), 0)"
+            " FROM repositories r WHERE r.recorded_by = ?", (recorded_by,))
+        return SourceUsage(count, rows_)
 
     async def current_refs(self, repo_id: int) -> dict[str, str | None]:
         return dict(await rows(
