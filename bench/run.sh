@@ -7,3 +7,4 @@ python git_hash.py "$@"
 python service.py
 python lookup.py
 python cache_presence.py
+python attack.py

@@ -394,8 +394,7 @@ class LineServer:
                     async with asyncio.timeout(self._idle_timeout):
                         kind, line = await (ahead if ahead is not None else _read(reader))
                 except TimeoutError:
-                    self._log.warning("connection", socket=self._name,
-                                      error=f"closed a connection idle for {self._idle_timeout:.0f} s")
+                    self._note("connection", error=f"closed a connection idle for {self._idle_timeout:.0f} s")
                     return
                 ahead = None
                 if kind is _Read.TOO_LONG:
@@ -410,7 +409,7 @@ class LineServer:
                 if not await self._answer(writer, reply) or kind is _Read.LAST:
                     return
         except (ConnectionError, OSError) as e:
-            self._log.warning("connection", socket=self._name, error=f"connection dropped: {e}")
+            self._note("connection", error=f"connection dropped: {e}")
         finally:
             if ahead is not None:
                 ahead.cancel()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import structlog
 
-from buildref.errors import BuildrefError, Kind, Transient, transient
+from buildref.errors import BuildrefError, IndexLost, Kind, Transient, transient
 from buildref.ingest.prepare import PreparedBuild, inputs_of, prepare_build
 from buildref.localstore import DrvReader
 from buildref.nix.derivation import OutputKind
@@ -63,6 +63,8 @@ class Indexer:
             for event in events:
                 try:
                     await self.index(event)
+                except IndexLost:  # nothing written from now on would survive: the service stops
+                    raise
                 except BuildrefError as e:  # unavailable for now (the store, the index): keep the event
                     self._log.warning("indexing deferred; retrying later", drv=event.drv, error=str(e),
                                       retry_in=delay)
