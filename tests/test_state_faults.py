@@ -280,3 +280,24 @@ def test_the_state_is_private_whatever_the_umask(umask: int, tmp_path: Path) -> 
         assert svc.stop() == 0
     finally:
         svc.close()
+
+
+# -- the spool directory removed while the service runs ----------------------------------------
+
+def test_a_spool_directory_made_again_is_still_drained(nix: Nix, system: str, tmp_path: Path) -> None:
+    """The spool directory removed under the running service (its watch goes with it), then a
+    hook that cannot reach the service makes it again and spools there: the event is recorded
+    anyway, by the drain's periodic look."""
+    [drv] = drvs(nix, tmp_path, system, 1)
+    svc = ServiceProcess().start()
+    try:
+        svc.spool.rmdir()
+        unreachable = {**svc.hook_env(), "BUILDREF_HOOK_SOCKET": str(tmp_path / "nobody-listens.sock")}
+        proc = run_hook(unreachable, drv)
+        assert proc.returncode == 0 and "spooled" in proc.stderr.decode(), proc.stderr.decode()
+        wait_for(lambda: any(e["drvPath"] == drv and e["source"] == "spool" for e in svc.events()),
+                 timeout=20, what="the spooled event recorded")
+        wait_for(lambda: list(svc.spool.glob("*.json")) == [], what="the spool file removed")
+        assert alive(svc)
+    finally:
+        svc.close()

@@ -1,6 +1,7 @@
 """The spool directory: events the hook wrote to disk while the service was unreachable.
 
-Drained at start and whenever a file lands there (watchdog); a file is removed only after its
+Drained at start, whenever a file lands there (watchdog), and every few seconds besides (a
+directory removed and made again by the hook has lost its watch); a file is removed only after its
 event is committed, so a crash mid-drain loses nothing (a second copy is the same event, kept once).
 """
 
@@ -17,6 +18,7 @@ from watchdog.observers.api import BaseObserver
 
 SUFFIX = ".json"
 RETRY_DELAY = 5.0
+SWEEP = 5.0  # seconds between looks without a change seen: a watch is lost with its directory
 
 Accept = Callable[[bytes], Awaitable[None]]
 
@@ -66,7 +68,8 @@ class Spool:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), RETRY_DELAY)
                 continue
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), SWEEP)
 
     async def drain(self) -> int:
         count = 0
