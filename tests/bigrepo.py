@@ -29,3 +29,22 @@ def many_directories(repo: Path, directories: int, *, flat: bool = False, commit
                    check=True)
     tip = subprocess.run(["git", "-C", str(repo), "rev-parse", "main"], capture_output=True, check=True)
     return tip.stdout.decode().strip()
+
+
+def branchy(repo: Path, branches: int, dirs: int, folder: str = "") -> None:
+    """``branches`` branches (``main`` and ``b1``...), each one commit of ``dirs`` directories of one
+    file, no content shared between branches; all directories in ``folder`` when given (one flat
+    folder), else at the root."""
+    parts = []
+    for b in range(branches):
+        ref = "refs/heads/main" if b == 0 else f"refs/heads/b{b}"
+        parts.append(f"commit {ref}\ncommitter t <t@t> {1700000000 + b} +0000\ndata 1\nx\n")
+        for d in range(dirs):
+            data = f"branch {b} directory {d}\n"
+            prefix = f"{folder}/" if folder else ""
+            parts.append(f"M 100644 inline {prefix}d{d:05d}/f\ndata {len(data)}\n{data}")
+        parts.append("\n")
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "fast-import", "--quiet"], input="".join(parts).encode(),
+                   check=True)
+    subprocess.run(["git", "-C", str(repo), "checkout", "-q", "-f", "main"], check=True)
