@@ -9,3 +9,4 @@ python lookup.py
 python lookup.py --backend postgres
 python fleet.py
 python cache_presence.py
+python attack.py

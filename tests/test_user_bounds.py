@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from bigrepos import branchy
+from bigrepo import branchy
 from buildref.api.operations import Admission, Caller, Services, call
 from buildref.config import Limits
 from buildref.errors import ServiceUnavailable

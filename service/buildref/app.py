@@ -14,8 +14,10 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
@@ -26,8 +28,17 @@ from buildref.api import rpc
 from buildref.api.hookline import HookLines
 from buildref.api.http import HttpServer, listening
 from buildref.api.metrics import Metrics
-from buildref.api.operations import Admission, Caller, Services, UnknownMethod, call
-from buildref.api.sockets import MAX_LINE, LineServer, Peer, inherited_sockets, listen_unix, notify
+from buildref.api.operations import Admission, Caller, Services, UnknownMethod, bind
+from buildref.api.sockets import (
+    MAX_LINE,
+    LineServer,
+    Peer,
+    fd_budget,
+    inherited_sockets,
+    listen_unix,
+    notify,
+    raise_fd_limit,
+)
 from buildref.config import Config
 from buildref.diskspace import SpaceFloor
 from buildref.errors import BadConfig, BuildrefError, IndexLost
@@ -48,6 +59,7 @@ from buildref.statedir import locked, private_dir
 from buildref.store import open_store, sqlite_path
 
 SHUTDOWN_GRACE = 5.0  # seconds open requests get to finish after SIGTERM, before they are cancelled
+SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
 INDEX_DRAIN = 60.0  # seconds SIGTERM waits for pending events to be indexed (the rest wait for next start)
 RESTART_FIRST = 1.0  # seconds before a background task that failed runs again; doubled each time
 RESTART_MAX = 60.0
@@ -151,6 +163,14 @@ async def _serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     started = time.time()
+    # threads (git work, parsing) hold the GIL for up to the switch interval at a time: the loop
+    # that answers the hook waits for it at every step, so keep the interval short
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    # every connection is a descriptor: take all the process may have, then share them out so
+    # that clients can never take the ones the hook socket and the index need
+    http_connections = config.http.max_connections if config.http else 0
+    budget = fd_budget(raise_fd_limit(), config.hook.max_connections, config.query.max_connections,
+                       config.query.max_connections_per_uid, http_connections)
 
     async with contextlib.AsyncExitStack() as stack:
         # private whatever the umask: the index, the spool and mirrors of private repositories
@@ -197,27 +217,34 @@ async def _serve(config: Config) -> None:
             else:
                 log.error(what, exc_info=e)
 
-        async def dispatch(request: rpc.Request, uid: int) -> Any:
-            return await call(services, Caller(uid), request.method, request.params)
+        # parsing, checking and encoding what a client chose the size of: off the event loop
+        wire = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="buildref-wire"))
+
+        def prepare(request: rpc.Request, uid: int) -> Callable[[], Awaitable[Any]]:
+            return bind(services, Caller(uid), request.method, request.params)
 
         async def query_line(line: bytes, peer: Peer) -> bytes | None:
-            return await rpc.answer(line, peer.uid, dispatch, UnknownMethod, on_query_error)
+            return await rpc.answer(line, peer.uid, prepare, UnknownMethod, on_query_error, wire)
 
         async def query_too_long() -> bytes | None:
             log.warning("bad query", error="request line too long")
             too_long = f"error: request line longer than {MAX_LINE} bytes"
             return rpc.error_response(None, rpc.PARSE_ERROR, too_long)
 
-        def on_connection_error(message: str) -> None:
-            log.warning("connection", error=message)
+        def query_refused(message: str) -> bytes:
+            return rpc.error_response(None, rpc.UNAVAILABLE, message)
 
         idle = config.idle_timeout
-        hook_server = LineServer(hook_lines.line, hook_lines.too_long, idle, on_connection_error)
-        query_server = LineServer(query_line, query_too_long, idle, on_connection_error)
+        # a hook's request is its event's commit: it is never cancelled (the hook spools when it
+        # gives up, and an event committed twice is still one)
+        hook_server = LineServer("hook", hook_lines.line, hook_lines.too_long, idle_timeout=idle,
+                                 limits=budget.hook, log=log, cancel_when_gone=False)
+        query_server = LineServer("query", query_line, query_too_long, idle_timeout=idle, limits=budget.query,
+                                  log=log, refuse=query_refused)
         http_server = None
         if config.http is not None and http_socks is not None:
             http_server = HttpServer(http_socks, services, current_status, Metrics(), on_query_error,
-                                     idle_timeout=idle, max_connections=config.http.max_connections)
+                                     idle_timeout=idle, max_connections=budget.http, wire=wire)
             stack.push_async_callback(http_server.close)  # on any way out, before the index closes
 
         async with asyncio.TaskGroup() as tasks:
@@ -239,6 +266,8 @@ async def _serve(config: Config) -> None:
             log.info("serving", hook=config.hook.path, query=config.query.path, http=http,
                      database=store.location, builder=config.builder, pid=os.getpid(),
                      socket_activated=activated)
+            log.info("connection limits", open_files=budget.fds, hook=budget.hook.total,
+                     query=budget.query.total, query_per_uid=budget.query.per_uid, http=budget.http)
 
             await stop.wait()
             notify("STOPPING=1")

@@ -20,10 +20,19 @@ DEFAULT_HOOK_SOCKET = "/run/buildref/hook.sock"
 DEFAULT_QUERY_SOCKET = "/run/buildref/query.sock"
 
 
+DEFAULT_HOOK_CONNECTIONS = 256
+DEFAULT_QUERY_CONNECTIONS = 256
+DEFAULT_QUERY_CONNECTIONS_PER_UID = 32
+
+
 @dataclass(frozen=True, slots=True)
 class SocketConfig:
     path: str
     mode: int
+    # open connections, in all and per uid (the query socket); lowered at start to fit the
+    # process's open-file limit (RLIMIT_NOFILE), the hook socket's first
+    max_connections: int = DEFAULT_QUERY_CONNECTIONS
+    max_connections_per_uid: int = DEFAULT_QUERY_CONNECTIONS_PER_UID
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +94,7 @@ class Config:
     state_dir: str = DEFAULT_STATE_DIR
     store_dir: str = DEFAULT_STORE_DIR
     database: str = f"sqlite://{DEFAULT_STATE_DIR}/buildref.db"
-    hook: SocketConfig = SocketConfig(DEFAULT_HOOK_SOCKET, 0o600)
+    hook: SocketConfig = SocketConfig(DEFAULT_HOOK_SOCKET, 0o600, DEFAULT_HOOK_CONNECTIONS)
     spool_dir: str = f"{DEFAULT_STATE_DIR}/spool"
     query: SocketConfig = SocketConfig(DEFAULT_QUERY_SOCKET, 0o666)
     flake_locks: tuple[str, ...] = ()
@@ -124,6 +133,13 @@ def _positive(table: dict[str, Any], key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
         raise BadConfig(f"{key}: expected a number of seconds (0 < t <= 3600), got {value!r}")
     return float(value)
+
+
+def _connections(table: dict[str, Any], key: str, where: str, default: int) -> int:
+    value = _take(table, key, int, where, default)
+    if not 1 <= value <= 100_000:
+        raise BadConfig(f"{where}{key}: expected 1 to 100000, got {value!r}")
+    return int(value)
 
 
 def _mode(table: dict[str, Any], where: str, default: int) -> int:
@@ -265,8 +281,8 @@ def parse_config(data: dict[str, Any]) -> Config:
     hook = _take(data, "hook", dict, "", {})
     query = _take(data, "query", dict, "", {})
     log = _take(data, "log", dict, "", {})
-    _unknown(hook, {"socket", "mode", "spool_dir"}, "hook.")
-    _unknown(query, {"socket", "mode"}, "query.")
+    _unknown(hook, {"socket", "mode", "spool_dir", "max_connections"}, "hook.")
+    _unknown(query, {"socket", "mode", "max_connections", "max_connections_per_uid"}, "query.")
     _unknown(log, {"format", "level"}, "log.")
     log_format = _take(log, "format", str, "log.", "console")
     if log_format not in ("console", "json"):
@@ -300,10 +316,14 @@ def parse_config(data: dict[str, Any]) -> Config:
         store_dir=_take(data, "store_dir", str, "", DEFAULT_STORE_DIR).rstrip("/"),
         database=_take(data, "database", str, "", f"sqlite://{state_dir}/buildref.db"),
         hook=SocketConfig(_take(hook, "socket", str, "hook.", DEFAULT_HOOK_SOCKET),
-                          _mode(hook, "hook.", 0o600)),
+                          _mode(hook, "hook.", 0o600),
+                          _connections(hook, "max_connections", "hook.", DEFAULT_HOOK_CONNECTIONS)),
         spool_dir=_take(hook, "spool_dir", str, "hook.", f"{state_dir}/spool"),
         query=SocketConfig(_take(query, "socket", str, "query.", DEFAULT_QUERY_SOCKET),
-                           _mode(query, "query.", 0o666)),
+                           _mode(query, "query.", 0o666),
+                           _connections(query, "max_connections", "query.", DEFAULT_QUERY_CONNECTIONS),
+                           _connections(query, "max_connections_per_uid", "query.",
+                                        DEFAULT_QUERY_CONNECTIONS_PER_UID)),
         flake_locks=tuple(locks),
         repositories=tuple(repos),
         log_format=log_format,

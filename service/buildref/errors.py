@@ -3,7 +3,15 @@ the transports map, in one place each, to a JSON-RPC code or an HTTP status."""
 
 from __future__ import annotations
 
+import errno
+import json
 from enum import Enum
+
+# Reasons a read can fail that say nothing about what is read: the process or the machine is out of
+# something for the moment (descriptors, memory, buffers) or the device had a fault. Asking again
+# later may succeed, so what failed this way is retried, never recorded as the answer.
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EIO, errno.ENOMEM, errno.EAGAIN,
+                              errno.EINTR, errno.ENOBUFS})
 
 
 class Kind(Enum):
@@ -99,6 +107,17 @@ class StorageError(BuildrefError):
     kind = Kind.UNAVAILABLE
 
 
+class Transient(BuildrefError):
+    """A read that failed for a reason of the moment (:data:`TRANSIENT_ERRNOS`): what needed it is
+    retried later, not failed."""
+
+    kind = Kind.UNAVAILABLE
+
+
+def transient(e: OSError) -> bool:
+    return e.errno in TRANSIENT_ERRNOS
+
+
 class IndexLost(StorageError):
     """The index's file was deleted or replaced under the running service: what it commits from
     then on would be gone at the next start, so nothing more is acknowledged and the service stops
@@ -123,6 +142,31 @@ class BadNarInfo(BuildrefError):
 
 class BadSigningKey(BuildrefError):
     """A binary cache public or secret key that is not ``name:base64`` of the right size."""
+
+
+def quoted(text: str, limit: int = 80) -> str:
+    """``text`` quoted for an error message, cut to ``limit`` characters where it is longer — and
+    then said to be: a message never echoes more than a short prefix of what a client sent."""
+    if len(text) <= limit:
+        return f"'{text}'"
+    return f"'{text[:limit]}…' ({len(text)} characters)"
+
+
+def bounded(message: str, limit: int) -> str:
+    """``message`` cut so that its JSON (escapes included) stays within ``limit`` bytes; a cut
+    message says so. Every answer's error passes through here: whatever a message quotes, the
+    answer stays short."""
+    if len(json.dumps(message)) <= limit:
+        return message
+    mark = "… (cut)"
+    room = limit - len(json.dumps(mark))
+    kept = []
+    for char in message:
+        room -= len(json.dumps(char)) - 2
+        if room < 0:
+            break
+        kept.append(char)
+    return "".join(kept) + mark
 
 
 def error_of_kind(kind: Kind, message: str) -> BuildrefError:

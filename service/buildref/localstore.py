@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from buildref.errors import BadDerivation, BadStorePath
+from buildref.errors import BadDerivation, BadStorePath, Transient, transient
 from buildref.nix.aterm import Sections, references, split
 from buildref.nix.derivation import Derivation
 from buildref.nix.storepath import DEFAULT_STORE_DIR, StorePath
@@ -53,6 +53,8 @@ class DrvReader:
                 with open(path, "rb") as f:
                     data = self._data[path] = f.read()
             except OSError as e:
+                if transient(e):  # out of descriptors, memory, an I/O error: not the file's fault
+                    raise Transient(f"cannot read derivation '{path}' for now: {e.strerror}") from None
                 raise BadDerivation(f"cannot read derivation '{path}': {e.strerror}") from None
         return data
 

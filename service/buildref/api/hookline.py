@@ -11,10 +11,10 @@ import time
 import structlog
 
 from buildref.api.sockets import MAX_LINE, Peer
-from buildref.errors import BadRequest, BadStorePath
+from buildref.errors import BadRequest, BadStorePath, quoted, transient
 from buildref.ingest.inbox import Inbox
 from buildref.models import HookEvent
-from buildref.nix.storepath import StorePath
+from buildref.nix.storepath import MAX_BASE_NAME, StorePath
 from buildref.store.api import NewEvent
 
 
@@ -25,6 +25,8 @@ def parse_event(line: bytes, store_dir: str) -> HookEvent:
     except (ValueError, RecursionError) as e:
         raise BadRequest(f"not JSON: {e}") from None
     event = HookEvent.from_json(data)
+    if len(event.drv) > len(store_dir) + MAX_BASE_NAME:  # the errors below quote it whole
+        raise BadRequest(f"'drv' {quoted(event.drv)} is longer than any store path")
     try:
         path = StorePath.parse(event.drv, store_dir)
     except BadStorePath as e:
@@ -32,6 +34,16 @@ def parse_event(line: bytes, store_dir: str) -> HookEvent:
     if not path.is_derivation:
         raise BadRequest(f"'{event.drv}' is not a derivation (.drv)")
     return event
+
+
+def _in_store(path: str) -> bool:
+    """Whether ``path`` exists; when that cannot be told for now (out of memory, an I/O error),
+    it is taken to: the indexer reads it later, and retries what it cannot read for now."""
+    try:
+        os.lstat(path)
+    except OSError as e:
+        return transient(e)
+    return True
 
 
 def _salvage(line: bytes) -> tuple[str, float]:
@@ -54,7 +66,7 @@ class HookLines:
         the sender keeps the event."""
         try:
             event = parse_event(line, self._store_dir)
-            if not os.path.lexists(event.drv):
+            if not _in_store(event.drv):
                 raise BadRequest(f"derivation '{event.drv}' is not in the store")
             new = NewEvent(event.drv, event.outs, event.t, source)
         except BadRequest as e:

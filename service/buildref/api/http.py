@@ -6,7 +6,9 @@ Prometheus text. Every error is ``{"error": "error: ..."}`` with the status of i
 
 Bounds, like the query socket's: a request line (the URL) of at most :data:`MAX_URL` bytes, no
 request body read, connections idle for ``idle_timeout`` closed, at most ``max_connections`` open
-(more are answered 503 and closed), and shutdown lets requests finish, then cancels them.
+(more are answered 503 and closed), a request whose client closes its connection is cancelled
+(aiohttp's ``handler_cancellation``), a long answer is encoded off the event loop, and shutdown
+lets requests finish, then cancels them. Requests that are not HTTP get the same JSON errors.
 """
 
 from __future__ import annotations
@@ -17,23 +19,32 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import Executor
 from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from buildref.api.httpwire import API_PREFIX, METRICS_PATH, STATUS_OF_KIND, error_body
 from buildref.api.metrics import Metrics
-from buildref.api.operations import OPERATIONS, Caller, Services, UnknownMethod, call
+from buildref.api.operations import OPERATIONS, Caller, Services, UnknownMethod, bind
+from buildref.api.rpc import BIG_ANSWER, off_loop, weight
 from buildref.config import HttpConfig
-from buildref.errors import BadConfig, BadRequest, BuildrefError, Kind
-from buildref.models import Status
+from buildref.errors import BadConfig, BadRequest, BuildrefError, Kind, quoted
+from buildref.models import Status, dump
 
 # Bytes in the request line. The longest valid one, a lookup with every parameter at its bound
 # and every character four UTF-8 bytes percent-encoded (12 bytes), is about 64,000 bytes.
 MAX_URL = 80 * 1024
 MAX_BODY = 64 * 1024  # nothing here reads a body; aiohttp refuses larger ones unread
+# connections accepted at one wake-up (asyncio's backlog, which is also the listen queue): each
+# takes a descriptor before max_connections is checked (api/sockets.RESERVED_FDS counts them)
+ACCEPT_BURST = 32
 REMOTE = Caller(None)  # an HTTP caller has no uid the kernel vouches for: it may only read
 
 OnError = Callable[[str, BaseException], None]
@@ -73,14 +84,16 @@ def _reason(e: Exception) -> str:
 class HttpServer:
     def __init__(self, sockets: list[socket.socket], services: Services,
                  status: Callable[[], Awaitable[Status]], metrics: Metrics, on_error: OnError, *,
-                 idle_timeout: float, max_connections: int) -> None:
+                 idle_timeout: float, max_connections: int, wire: Executor | None = None) -> None:
         self._sockets = sockets
         self._services = services
         self._status = status
         self._metrics = metrics
         self._on_error = on_error
         self._max_connections = max_connections
+        self._wire = wire
         self._requests: set[asyncio.Task[Any]] = set()  # in flight, for shutdown
+        self._draining = False
         self._closed = False
         self._servers: list[asyncio.Server] = []
         app = web.Application(middlewares=[self._count, self._answer_errors], client_max_size=MAX_BODY)
@@ -88,15 +101,16 @@ class HttpServer:
         app.router.add_get(METRICS_PATH, self._metrics_text)
         # aiohttp closes a connection that sends no request for keepalive_timeout, new ones too;
         # its shutdown_timeout only matters for requests that arrive while drain() waits
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, logger=_protocol_logger(),
-                                     keepalive_timeout=idle_timeout, max_line_size=MAX_URL,
-                                     shutdown_timeout=1.0)
+        self._protocol: dict[str, Any] = {"access_log": None, "logger": _protocol_logger(),
+                                          "keepalive_timeout": idle_timeout, "max_line_size": MAX_URL}
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0,
+                                     handler_cancellation=True, **self._protocol)
 
     async def start(self) -> None:
         await self._runner.setup()
         loop = asyncio.get_running_loop()
         for sock in self._sockets:
-            self._servers.append(await loop.create_server(self._connection, sock=sock))
+            self._servers.append(await loop.create_server(self._connection, sock=sock, backlog=ACCEPT_BURST))
 
     def stop_accepting(self) -> None:
         for server in self._servers:
@@ -107,6 +121,7 @@ class HttpServer:
         connection; how many requests were cancelled. (aiohttp's own shutdown would only cancel
         a handler after twice its timeout.)"""
         self.stop_accepting()
+        self._draining = True
         if self._requests:
             await asyncio.wait(set(self._requests), timeout=grace)
         left = set(self._requests)
@@ -129,7 +144,7 @@ class HttpServer:
         assert server is not None  # start() set it up before accepting
         if len(server.connections) >= self._max_connections:
             return _Refused()
-        return server()
+        return _JsonErrors(server, loop=asyncio.get_running_loop(), **self._protocol)
 
     # -- middlewares: the outer one counts what the inner one answered
 
@@ -139,8 +154,15 @@ class HttpServer:
         task = asyncio.current_task()  # aiohttp runs each request in a task of its own
         assert task is not None
         self._requests.add(task)
+        started = time.monotonic()
         try:
             response = await handler(request)
+        except asyncio.CancelledError:
+            if not self._draining:  # aiohttp cancels a request whose client closed the connection
+                structlog.get_logger().warning("request cancelled: client left", socket="http",
+                                               path=_route(request.path),
+                                               ms=round((time.monotonic() - started) * 1000, 1))
+            raise
         finally:
             self._requests.discard(task)
         self._metrics.http_request(_route(request.path), response.status)
@@ -158,7 +180,7 @@ class HttpServer:
             return _error(STATUS_OF_KIND[e.kind], str(e))
         except web.HTTPException as e:  # aiohttp's own answers: no such route, not GET
             if e.status == 404:
-                return _error(404, f"error: no endpoint {request.path[:100]!r}: the API is "
+                return _error(404, f"error: no endpoint {quoted(request.path, 60)}: the API is "
                                    f"{API_PREFIX}{{{','.join(OPERATIONS)}}} and {METRICS_PATH}")
             if e.status == 405:
                 return _error(405, f"error: {request.method[:20]} is not served here: only GET (and HEAD)",
@@ -171,9 +193,10 @@ class HttpServer:
     # -- handlers
 
     async def _operation(self, request: web.Request) -> web.Response:
-        result = await call(self._services, REMOTE, request.match_info["method"], _params(request.query),
-                            text=True)
-        return web.Response(body=json.dumps(result).encode(), content_type="application/json")
+        run = bind(self._services, REMOTE, request.match_info["method"], _params(request.query), text=True)
+        result = await run()
+        body = await off_loop(self._wire, weight(result) > BIG_ANSWER, _encode, result)
+        return web.Response(body=body, content_type="application/json")
 
     async def _metrics_text(self, request: web.Request) -> web.Response:
         if request.query:
@@ -182,12 +205,16 @@ class HttpServer:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+def _encode(result: Any) -> bytes:
+    return json.dumps(dump(result)).encode()
+
+
 def _params(query: Mapping[str, str]) -> dict[str, str]:
     """The query string as parameters; a parameter given twice is ambiguous and refused."""
     params: dict[str, str] = {}
     for key, value in query.items():
         if key in params:
-            raise BadRequest(f"{key[:100]!r} is given more than once")
+            raise BadRequest(f"{quoted(key, 40)} is given more than once")
         params[key] = value
     return params
 
@@ -215,6 +242,24 @@ class _Refused(asyncio.Protocol):
                         b"Connection: close\r\nRetry-After: 1\r\n"
                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         transport.close()
+
+
+class _JsonErrors(RequestHandler):
+    """aiohttp's protocol, whose answer to what is not an HTTP request (or is one over the
+    bounds) is a JSON error like every other, not aiohttp's text quoting the request."""
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs it; raises when an answer was begun
+        if isinstance(exc, LineTooLong):
+            text = f"error: a request line or header over {MAX_URL // 1024} KiB"
+        elif status >= 500:
+            text = "error: internal error"
+        else:
+            text = "error: not an HTTP request this service can read"
+        response = _error(status, text)
+        response.force_close()
+        return response
 
 
 class _ToStructlog(logging.Handler):

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
-from buildref.errors import BuildrefError, Kind, error_of_kind
+from buildref.errors import BuildrefError, Kind, bounded, error_of_kind
 
 API_PREFIX = "/api/v1/"
 METRICS_PATH = "/metrics"
@@ -22,8 +22,11 @@ STATUS_OF_KIND = {Kind.INVALID: 400, Kind.NOT_FOUND: 404, Kind.FORBIDDEN: 403, K
 _KIND_OF_STATUS = {status: kind for kind, status in STATUS_OF_KIND.items()}
 
 
+MAX_MESSAGE = 600  # bytes of an error message, as JSON: an answer never echoes much of a request
+
+
 def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}).encode()
+    return json.dumps({"error": bounded(message, MAX_MESSAGE)}).encode()
 
 
 def query_string(params: Mapping[str, Any]) -> str:

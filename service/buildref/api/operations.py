@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildref.config import Limits
-from buildref.errors import BuildrefError, Forbidden, Kind, ServiceUnavailable
+from buildref.errors import BuildrefError, Forbidden, Kind, ServiceUnavailable, quoted
 from buildref.models import (
     BuildsParams,
     EventsParams,
@@ -137,27 +137,38 @@ OPERATIONS: Mapping[str, Operation] = {op.name: op for op in (
 def operation(name: str) -> Operation:
     op = OPERATIONS.get(name)
     if op is None:
-        raise UnknownMethod(f"unknown method '{name[:100]}'")
+        raise UnknownMethod(f"unknown method {quoted(name, 40)}")
     return op
 
 
-async def call(services: Services, caller: Caller, name: str, params: Mapping[str, object],
-               text: bool = False) -> Any:
-    """Run one operation for ``caller``; its answer as JSON values. ``text``: parameter values
-    arrived as strings (an HTTP query string)."""
+def bind(services: Services, caller: Caller, name: str, params: Mapping[str, object],
+         text: bool = False) -> Callable[[], Awaitable[Any]]:
+    """One operation for ``caller``, checked — it exists, the caller may run it, its parameters
+    are valid (raises otherwise) — and ready to run; it returns models. ``text``: parameter
+    values arrived as strings (an HTTP query string)."""
     op = operation(name)
     if op.writes and caller.uid is None:
         raise Forbidden(f"'{name}' is not served here: it is for local users (the query socket)")
     parsed = op.params.from_json(params, text=text)
+    return lambda: _run(services, caller, op, parsed)
+
+
+async def _run(services: Services, caller: Caller, op: Operation, parsed: Wire) -> Any:
+    """``op`` within the caller's share of requests and its time bound."""
     key, seconds = (("record_seconds", services.limits.record_seconds) if op.writes
                     else ("query_seconds", services.limits.query_seconds))
     with services.admission.enter(caller):
         bound = asyncio.timeout(seconds)
         try:
             async with bound:
-                result = await op.run(services, caller, parsed)
+                return await op.run(services, caller, parsed)
         except TimeoutError:
             if not bound.expired():
                 raise
-            raise ServiceUnavailable(f"'{name}' was stopped after {seconds:g} s (limits.{key})") from None
-    return dump(result)
+            raise ServiceUnavailable(f"'{op.name}' was stopped after {seconds:g} s (limits.{key})") from None
+
+
+async def call(services: Services, caller: Caller, name: str, params: Mapping[str, object],
+               text: bool = False) -> Any:
+    """Run one operation for ``caller``; its answer as JSON values."""
+    return dump(await bind(services, caller, name, params, text)())

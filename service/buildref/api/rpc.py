@@ -1,14 +1,27 @@
 """The query socket's protocol: JSON-RPC 2.0 shaped requests, one per line, one answer line each;
-and the one mapping from an error's kind to a JSON-RPC code (and back, for the client)."""
+and the one mapping from an error's kind to a JSON-RPC code (and back, for the client).
+
+An answer never echoes more of a request than a short prefix: the ``id`` is bounded, and every
+error message is cut to :data:`MAX_MESSAGE` bytes of JSON. Work whose size a client chooses — a
+long request line to parse and check, a long answer to encode — runs in the ``wire`` executor,
+never on the event loop the hook socket is answered from.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
-from buildref.errors import BuildrefError, Kind, error_of_kind
+from buildref.errors import BuildrefError, Kind, bounded, error_of_kind
+from buildref.models import Wire, dump
+
+T = TypeVar("T")
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -24,6 +37,12 @@ _CODES = {Kind.INVALID: INVALID_PARAMS, Kind.NOT_FOUND: NOT_FOUND, Kind.FORBIDDE
           Kind.UNAVAILABLE: UNAVAILABLE, Kind.INTERNAL: INTERNAL_ERROR}
 _KINDS = {**{code: kind for kind, code in _CODES.items()}, PARSE_ERROR: Kind.INVALID,
           INVALID_REQUEST: Kind.INVALID, METHOD_NOT_FOUND: Kind.NOT_FOUND}
+
+
+MAX_ID = 100  # characters in a string id (an id is echoed in the answer)
+MAX_MESSAGE = 600  # bytes of an error message in an answer, as JSON (escapes included)
+BIG_LINE = 16 * 1024  # bytes: a longer request is parsed and checked off the event loop
+BIG_ANSWER = 200  # items: an answer with more is encoded off the event loop
 
 
 class RequestError(BuildrefError):
@@ -64,8 +83,10 @@ def parse_request(line: bytes) -> Request:
     if not isinstance(data, dict):
         raise RequestError(INVALID_REQUEST, "a request is a JSON object")
     request_id = data.get("id")
-    if isinstance(request_id, dict | list):
-        raise RequestError(INVALID_REQUEST, "'id' must be a string, number or null")
+    if (isinstance(request_id, dict | list) or (isinstance(request_id, str) and len(request_id) > MAX_ID)
+            or (isinstance(request_id, int) and not -(1 << 63) <= request_id < 1 << 63)):
+        raise RequestError(INVALID_REQUEST, f"'id' must be a string of at most {MAX_ID} characters, "
+                                            "a 64-bit number or null")
     method = data.get("method")
     if not isinstance(method, str):
         raise RequestError(INVALID_REQUEST, "'method' must be a string", request_id)
@@ -78,11 +99,12 @@ def parse_request(line: bytes) -> Request:
 
 
 def response(request_id: Any, result: Any) -> bytes:
-    return json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}).encode() + b"\n"
+    """The answer line of a result (models are dumped to JSON values here)."""
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "result": dump(result)}).encode() + b"\n"
 
 
 def error_response(request_id: Any, code: int, message: str) -> bytes:
-    error = {"code": code, "message": message}
+    error = {"code": code, "message": bounded(message, MAX_MESSAGE)}
     return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}).encode() + b"\n"
 
 
@@ -105,18 +127,39 @@ def parse_response(answer: bytes) -> Any:
     return reply.get("result")
 
 
-Dispatch = Callable[[Request, int], Awaitable[Any]]
+# A request checked (method, caller, parameters: raises when it cannot run), ready to run.
+Prepare = Callable[[Request, int], Callable[[], Awaitable[Any]]]
 OnError = Callable[[str, BuildrefError | Exception], None]
 
 
-async def answer(line: bytes, uid: int, dispatch: Dispatch, unknown_method: type[BuildrefError],
-                 on_error: OnError) -> bytes:
+def weight(result: Any) -> int:
+    """About how many items an answer holds (its lists, one level down)."""
+    if isinstance(result, list | tuple | dict):
+        return len(result)
+    if isinstance(result, Wire):
+        values = (getattr(result, f.name) for f in dataclasses.fields(result))  # type: ignore[arg-type]
+        return sum(len(v) for v in values if isinstance(v, list | tuple | dict))
+    return 1
+
+
+async def off_loop(wire: Executor | None, big: bool, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` here when it is small, else in the ``wire`` executor (None: asyncio's)."""
+    if not big:
+        return work(*args)
+    return await asyncio.get_running_loop().run_in_executor(wire, partial(work, *args))
+
+
+async def answer(line: bytes, uid: int, prepare: Prepare, unknown_method: type[BuildrefError],
+                 on_error: OnError, wire: Executor) -> bytes:
     """One request line in, one answer line out; never raises (a bug is answered as one)."""
     request_id = None
+    big = len(line) > BIG_LINE
     try:
-        request = parse_request(line)
+        request = await off_loop(wire, big, parse_request, line)
         request_id = request.id
-        return response(request_id, await dispatch(request, uid))
+        run = await off_loop(wire, big, prepare, request, uid)
+        result = await run()
+        return await off_loop(wire, weight(result) > BIG_ANSWER, response, request_id, result)
     except RequestError as e:
         on_error("bad query", e)
         return error_response(e.request_id if request_id is None else request_id, e.code, str(e))

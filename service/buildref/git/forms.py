@@ -26,7 +26,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from buildref.errors import BadArchive
+from buildref.errors import BadArchive, BuildrefError, Transient, transient
 from buildref.git import archive
 from buildref.git.archive import ArchiveUnknown, CommitData, Rewrite
 from buildref.git.attributes import EMPTY, AttributeStack
@@ -418,18 +418,25 @@ def _keep_smallest(heap: list[tuple[bytes, str]], oid: bytes, path: str) -> None
         heapq.heapreplace(heap, (key, path))
 
 
+def _unreadable(what: str, path: bytes, e: OSError) -> BuildrefError:
+    """A store copy that cannot be read: for good (BadArchive), or only for now (Transient: out of
+    descriptors or memory, an I/O error), when it is to be read again later."""
+    cls = Transient if transient(e) else BadArchive
+    return cls(f"cannot {what} {os.fsdecode(path)}: {e.strerror}")
+
+
 def _lstat(path: bytes) -> os.stat_result:
     try:
         return os.lstat(path)
     except OSError as e:
-        raise BadArchive(f"cannot read {os.fsdecode(path)}: {e.strerror}") from None
+        raise _unreadable("read", path, e) from None
 
 
 def _names(path: bytes) -> list[bytes]:
     try:
         return os.listdir(path)
     except OSError as e:
-        raise BadArchive(f"cannot list {os.fsdecode(path)}: {e.strerror}") from None
+        raise _unreadable("list", path, e) from None
 
 
 def _leaf(path: bytes, st: os.stat_result, budget: list[int]) -> tuple[bytes, bytes]:
@@ -447,5 +454,5 @@ def _leaf(path: bytes, st: os.stat_result, budget: list[int]) -> tuple[bytes, by
             while chunk := f.read(1 << 20):
                 h.update(chunk)
     except OSError as e:
-        raise BadArchive(f"cannot read {os.fsdecode(path)}: {e.strerror}") from None
+        raise _unreadable("read", path, e) from None
     return (_EXEC if st.st_mode & 0o100 else _FILE), h.digest()

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from buildref.errors import UnknownRevision
+from buildref.errors import UnknownRevision, quoted
 from buildref.git.source import GitRepository
 from buildref.git.tree_nar import TreeRule
 
@@ -72,7 +72,7 @@ def resolve(repo: GitRepository, spec: str) -> Resolved:
             try:
                 commit = ref.peel(pygit2.Commit)
             except (ValueError, KeyError, pygit2.GitError, pygit2.InvalidSpecError):
-                raise UnknownRevision(f"'{spec[:100]}' does not name a commit in '{repo.path}'") from None
+                raise UnknownRevision(f"{quoted(spec)} does not name a commit in '{repo.path}'") from None
             return Resolved(commit, name)
     return Resolved(repo.resolve(spec), None)
 

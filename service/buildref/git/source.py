@@ -82,6 +82,9 @@ def _configure_libgit2() -> None:
     # libgit2 keeps up to 256 MiB of objects per process by default: the service opens many
     # repositories and walks long histories, so bound it
     pygit2.option(Option.SET_CACHE_MAX_SIZE, 64 << 20)
+    # and it keeps every pack file of every repository open (unbounded by default): a user who
+    # records many repositories would use up the service's descriptors (api/sockets.RESERVED_FDS)
+    pygit2.option(Option.SET_MWINDOW_FILE_LIMIT, 64)
     for level in (ConfigLevel.SYSTEM, ConfigLevel.XDG, ConfigLevel.GLOBAL):
         pygit2.settings.search_path[level] = ""
     _configured.append(True)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from buildref.errors import BuildrefError, StorageError
+from buildref.errors import BuildrefError, IndexLost, Kind, Transient, transient
 from buildref.ingest.prepare import PreparedBuild, inputs_of, prepare_build
 from buildref.localstore import DrvReader
 from buildref.nix.derivation import OutputKind
@@ -28,8 +28,8 @@ from buildref.store.api import BuildRecord, DerivationRecord, PendingEvent, Real
 
 BATCH = 64
 LINGER = 0.02  # seconds the indexer waits, once woken, for more events to index with the first
-RETRY_DELAY = 0.5  # seconds before trying an unavailable index again, doubled each time ...
-MAX_RETRY_DELAY = 5.0  # ... up to this: how soon indexing resumes once the index is back
+RETRY_DELAY = 0.5  # seconds before trying again what could not be indexed for now (the index or the
+MAX_RETRY_DELAY = 5.0  # store unavailable), doubled each time up to this: how soon indexing resumes
 
 
 class Indexer:
@@ -75,12 +75,14 @@ class Indexer:
                 continue
             try:
                 await self.index_batch(events)
-            except Exception as e:  # the index itself failed: the events stay pending
+            except IndexLost:  # nothing written from now on would survive: the service stops
+                raise
+            except Exception as e:  # unavailable for now (the index, the store), or a bug: kept pending
                 if self.unavailable is None:
-                    self._log.error("index unavailable; events stay pending and are retried",
-                                    error=str(e), kind=type(e).__name__,
-                                    exc_info=not isinstance(e, StorageError))
-                self.unavailable = str(e) if isinstance(e, StorageError) else f"error: {e}"
+                    self._log.error("indexing deferred; events stay pending and are retried",
+                                    error=str(e), kind=type(e).__name__, retry_in=delay,
+                                    exc_info=not isinstance(e, BuildrefError))
+                self.unavailable = str(e) if isinstance(e, BuildrefError) else f"error: {e}"
                 if self._stopped.is_set():
                     return  # indexed at next start
                 with contextlib.suppress(TimeoutError):
@@ -92,8 +94,12 @@ class Indexer:
                 self.unavailable = None
             delay = RETRY_DELAY
 
+    async def index(self, event: PendingEvent) -> None:
+        await self.index_batch([event])
+
     async def index_batch(self, events: Sequence[PendingEvent]) -> None:
-        """Index ``events``; raises (recording nothing) when the index cannot be read or written."""
+        """Index ``events``; an event that cannot be indexed fails alone, and one that cannot be
+        indexed for now (the index, or the store, unavailable) raises, recording nothing."""
         prepared: list[tuple[BuildRecord, int, float]] = []
         reader = DrvReader(self._store_dir)  # each file read once per batch
         known = _Known(self._store)
@@ -110,10 +116,8 @@ class Indexer:
                 else:
                     known.add(first.new)
                     build = await self._build(event, first)
-            except StorageError:
-                raise
             except (BuildrefError, OSError, RecursionError) as e:
-                error = str(e) if isinstance(e, BuildrefError) else f"error: {e}"
+                error = _failure(e)
                 await self._store.events.fail(event.id, error)
                 self.failed += 1
                 self._log.warning("event failed", drv=event.drv, error=error)
@@ -211,6 +215,19 @@ class Indexer:
             found[name] = path
         return found
 
+
+
+def _failure(e: BuildrefError | OSError | RecursionError) -> str:
+    """Why an event fails for good; raises when it is only unavailable for now (kept pending)."""
+    if isinstance(e, OSError):
+        if transient(e):
+            raise Transient(str(e)) from None
+        return f"error: {e}"
+    if isinstance(e, BuildrefError):
+        if e.kind is Kind.UNAVAILABLE:  # the index, or the store, cannot be used for now
+            raise e
+        return str(e)
+    return f"error: {e}"
 
 
 class _Known:

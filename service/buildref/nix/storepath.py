@@ -14,6 +14,8 @@ from buildref.nix.hashes import Hash, HashAlgo, nix32_encode
 DEFAULT_STORE_DIR = "/nix/store"
 HASH_PART_LEN = 32
 MAX_NAME_LEN = 211
+# the length of a store path past the store directory: "/", the hash part, "-", the name
+MAX_BASE_NAME = 1 + 32 + 1 + MAX_NAME_LEN
 _NAME_CHARS = re.compile(r"[0-9a-zA-Z+\-._?=]+")
 _HASH_PART = re.compile(r"[0123456789abcdfghijklmnpqrsvwxyz]{32}")
 

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from buildref.config import Repository
-from buildref.errors import UnknownRepository
+from buildref.errors import UnknownRepository, quoted
 from buildref.models import RecordedBy
 from buildref.sources.access import trusted
 from buildref.sources.gitwork import GitWork
@@ -45,7 +45,7 @@ async def recorded_repository(ctx: QueryContext, reader: Reader, spec: str) -> R
         configured = ctx.repositories.named(spec)
         if configured is not None:
             return RepositoryInfo(UNRECORDED, configured.name, configured.path, configured.url, "config")
-        raise UnknownRepository(f"repository '{name[:200]}' has not been recorded"
+        raise UnknownRepository(f"repository {quoted(name)} has not been recorded"
                                 " (buildref record records it)")
     return info
 

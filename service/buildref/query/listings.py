@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from buildref.errors import BadStorePath, NotFound
+from buildref.errors import BadStorePath, NotFound, quoted
 from buildref.models import Build, BuildsParams, DerivationInfo, Event, EventsParams, MatchedBuild, RefMove
-from buildref.nix.storepath import StorePath
+from buildref.nix.storepath import MAX_BASE_NAME, StorePath
 from buildref.query.context import QueryContext, recorded_repository
 from buildref.query.lookup import MAX_DISTANCE, matched
 
@@ -39,10 +39,12 @@ async def events(ctx: QueryContext, p: EventsParams) -> list[Event]:
 
 async def show(ctx: QueryContext, what: str) -> DerivationInfo:
     """A derivation as indexed, by its path or by the path of one of its built outputs."""
+    if len(what) > len(ctx.store_dir) + MAX_BASE_NAME:  # the errors below quote it whole
+        raise NotFound(f"{quoted(what)} is longer than any store path")
     try:
         path = str(StorePath.parse(what, ctx.store_dir))
     except BadStorePath as e:
-        raise NotFound(f"'{what[:200]}' is not a store path: {e.args[0]}") from None
+        raise NotFound(f"{quoted(what)} is not a store path: {e.args[0]}") from None
     async with ctx.store.reading() as reader:
         if not path.endswith(".drv"):
             producer = await reader.builds.producer(path)

@@ -8,16 +8,15 @@ whether or not it was ever a ref's tip; arrival order does not matter."""
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import os
 import re
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from buildref.config import Repository
-from buildref.errors import BadArchive, BuildrefError, UnknownRevision
+from buildref.errors import BadArchive, BuildrefError, UnknownRevision, quoted
 from buildref.git.forms import blob_id, distinctive_leaf, read_copy
 from buildref.git.history import resolve
 from buildref.git.partial import CANDIDATES, Relation, best_relation, prefixes
@@ -33,6 +32,7 @@ from buildref.models import (
     MatchedBuild,
     RecordedBy,
     Source,
+    glob,
 )
 from buildref.nix.hashes import Hash, HashAlgo
 from buildref.nix.storepath import source_path
@@ -64,8 +64,15 @@ async def builds_using(reader: Reader, paths: Collection[str], hashes: Collectio
     output is one of ``hashes``, or that is one of ``drv_ids``), and of those above it; closest
     first, then newest."""
     distance = await reader.builds.derivations_using(paths, hashes, 0 if direct else MAX_DISTANCE, drv_ids)
-    builds = [matched(found, distance[found.drv_id]) for found in await reader.builds.newest_builds(distance)
-              if name_glob is None or fnmatch.fnmatchcase(found.build.name, name_glob)]
+    found = await reader.builds.newest_builds(distance)
+    # as many names to match and outputs to look for as the index holds: not on the event loop
+    return await asyncio.to_thread(_matched_builds, found, distance, name_glob)
+
+
+def _matched_builds(found: list[IndexedBuild], distance: dict[int, int], name_glob: str | None
+                    ) -> list[MatchedBuild]:
+    name = glob(name_glob).fullmatch if name_glob is not None else None
+    builds = [matched(f, distance[f.drv_id]) for f in found if name is None or name(f.build.name)]
     builds.sort(key=lambda b: (b.distance, -b.built_at))
     return builds
 
@@ -78,6 +85,7 @@ class Revision:
     rev: str
     forms: RevisionForms | None
     roots: Roots
+    places: Places = field(default_factory=dict)  # identifying form -> its directories (with forms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +95,24 @@ class Joined:
 
 
 Roots = dict[TreeRule, tuple[bytes | None, str | None]]  # rule -> (form, NAR hash)
+Places = dict[bytes, list[tuple[str, TreeRule]]]
+
+
+def forms_and_places(repo: GitRepository, rev: str) -> tuple[RevisionForms, Places]:
+    """A revision's forms, and where each identifying one is; in the git thread (a revision of
+    tens of thousands of directories is not for the event loop)."""
+    forms = revision_forms(repo, rev)
+    places: Places = {}
+    for d in forms.directories:
+        if d.form.identifying:
+            places.setdefault(d.form.oid, []).append((d.subdir, d.rule))
+    return forms, places
+
+
+def unseen_forms(repo: GitRepository, rev: str, seen: set[bytes]) -> set[bytes]:
+    """The identifying forms of ``rev`` not in ``seen``: a revision next to one already looked at
+    shares nearly all its forms, and the same form finds the same builds."""
+    return {d.form.oid for d in revision_forms(repo, rev).directories if d.form.identifying} - seen
 
 
 def root_digests(repo: GitRepository, forms: RevisionForms) -> Roots:
@@ -101,14 +127,14 @@ def root_digests(repo: GitRepository, forms: RevisionForms) -> Roots:
 async def _revision(ctx: QueryContext, reader_info: RepositoryInfo, repo: Repository | None,
                     rev: str) -> Revision:
     if repo is not None:
-        forms = await ctx.git.run(repo, partial(revision_forms, rev=rev))
+        forms, places = await ctx.git.run(repo, partial(forms_and_places, rev=rev))
         async with ctx.store.reading() as reader:
             known = await reader.sources.trees([f for r in TreeRule if (f := forms.root(r))])
         roots: Roots = {
             r: (f, known[f].nar_hash if f in known else None) for r in TreeRule if (f := forms.root(r))}
         if any(nar is None for _, nar in roots.values()):
             roots = await ctx.git.run(repo, partial(root_digests, forms=forms))
-        return Revision(rev, forms, roots)
+        return Revision(rev, forms, roots, places)
     async with ctx.store.reading() as reader:
         recorded = (await reader.sources.revisions(reader_info.id, [rev])).get(rev)
         if recorded is None:
@@ -123,14 +149,12 @@ async def join(ctx: QueryContext, info: RepositoryInfo, repo: Repository | None,
     """The builds that used the revision's content — exactly (a form), partly (a subset or a
     superset of its files), or as one file a flat fixed output names — and the sources that link
     them."""
-    where: dict[bytes, list[tuple[str, TreeRule]]] = {}  # identifying form -> its directories
-    if revision.forms is not None:
-        for d in revision.forms.directories:
-            if d.form.identifying:
-                where.setdefault(d.form.oid, []).append((d.subdir, d.rule))
-    for rule, (form, _) in revision.roots.items():
-        if form is not None and revision.forms is None:
-            where.setdefault(form, []).append(("", rule))
+    where = revision.places
+    if revision.forms is None:  # only the roots, as recorded
+        where = {}
+        for rule, (form, _) in revision.roots.items():
+            if form is not None:
+                where.setdefault(form, []).append(("", rule))
     async with ctx.store.reading() as reader:
         trees = await reader.sources.trees(where)
         hashes = {nar for _, nar in revision.roots.values() if nar} | {t.nar_hash for t in trees.values()}
@@ -270,7 +294,7 @@ async def _resolve(ctx: QueryContext, reader: Reader, info: RepositoryInfo, repo
         try:
             resolved = await ctx.git.run(repo, partial(resolve, spec=ref))
         except UnknownRevision:
-            raise UnknownRevision(f"no revision '{ref[:100]}' in repository '{info.name[:200]}'") from None
+            raise UnknownRevision(f"no revision {quoted(ref)} in repository {quoted(info.name)}") from None
         return resolved.ref or ref, resolved.rev
     when = at if at is not None else time.time()
     names = [ref] if ref.startswith("refs/") or ref == "HEAD" else [
@@ -284,7 +308,7 @@ async def _resolve(ctx: QueryContext, reader: Reader, info: RepositoryInfo, repo
             return ref, revs[0]
         if len(revs) > 1:
             raise UnknownRevision(f"'{ref}' is ambiguous: {len(revs)} recorded revisions start with it")
-    raise UnknownRevision(f"no recorded ref or revision '{ref[:100]}' (buildref record records refs)")
+    raise UnknownRevision(f"no recorded ref or revision {quoted(ref)} (buildref record records refs)")
 
 
 async def lookup(ctx: QueryContext, p: LookupParams) -> Lookup:
@@ -297,22 +321,26 @@ async def lookup(ctx: QueryContext, p: LookupParams) -> Lookup:
     fallback = None
     builds = joined.builds
     if not builds and repo is not None:
-        fallback, builds = await _fallback(ctx, info, repo, rev, p)
+        fallback, builds = await _fallback(ctx, repo, rev, set(revision.places), p)
     return Lookup(repository=info.name, ref=ref_name, rev=rev, sources=joined.sources, builds=tuple(builds),
                   fallback=fallback)
 
 
-async def _fallback(ctx: QueryContext, info: RepositoryInfo, repo: Repository, rev: str, p: LookupParams
+async def _fallback(ctx: QueryContext, repo: Repository, rev: str, seen: set[bytes], p: LookupParams
                     ) -> tuple[Fallback | None, list[MatchedBuild]]:
     """The newest first-parent ancestor of ``rev`` that has a build, within bounds (depth, time).
-    Ancestors are formed from git objects, not stored: a query never writes."""
+    Ancestors are formed from git objects, not stored: a query never writes. Only the forms no
+    revision looked at before had (``seen``: the tip's) are asked about: a build of a shared
+    form would have been found already."""
     deadline = time.monotonic() + GIT_BUDGET
     ancestors = await ctx.git.run(repo, partial(first_parents, rev=rev, depth=FALLBACK_DEPTH))
     for behind, ancestor in enumerate(ancestors, start=1):
         if time.monotonic() > deadline:
             break
-        forms = await ctx.git.run(repo, partial(revision_forms, rev=ancestor))
-        oids = {d.form.oid for d in forms.directories if d.form.identifying}
+        oids = await ctx.git.run(repo, partial(unseen_forms, rev=ancestor, seen=seen))
+        seen |= oids
+        if not oids:
+            continue
         async with ctx.store.reading() as reader:
             contents = await reader.builds.contents_with_forms(oids)
             hashes = {t.nar_hash for t in (await reader.sources.trees(oids)).values()}

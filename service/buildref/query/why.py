@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from buildref.errors import BadHash, BuildrefError, NotFound
+from buildref.errors import BadHash, BuildrefError, NotFound, quoted
 from buildref.git.history import History, Place, Search, find
 from buildref.git.partial import PartialPlace, find_partial
 from buildref.git.source import GitRepository
@@ -19,6 +19,7 @@ from buildref.git.tree_nar import TreeRule
 from buildref.models import Match, Source, SourceMatch, Why, WhyHash, WhyPath
 from buildref.nix.hashes import Hash, HashAlgo
 from buildref.nix.nar import hash_path
+from buildref.nix.storepath import MAX_BASE_NAME
 from buildref.query.context import GIT_BUDGET, QueryContext, at_hand, recorded_by, searchable
 from buildref.query.lookup import builds_using, flat_file, manifest, partial_source
 from buildref.store.api import ClosureItem, FlatFixed, Reader, RepositoryInfo
@@ -44,12 +45,14 @@ class Wanted:
 async def why(ctx: QueryContext, what: str) -> Why:
     prefix = ctx.store_dir + "/"
     deadline = time.monotonic() + GIT_BUDGET
+    if len(what) > len(prefix) + MAX_BASE_NAME:  # the errors below quote it whole
+        raise NotFound(f"{quoted(what)} is longer than any store path or NAR hash")
     if what.startswith(prefix):
         return await _why_path(ctx, prefix + what[len(prefix):].split("/", 1)[0], deadline)
     try:
         nar_hash = Hash.parse(what, HashAlgo.SHA256).sri
     except BadHash:
-        raise BuildrefError(f"'{what[:200]}' is neither a store path in {ctx.store_dir} "
+        raise BuildrefError(f"{quoted(what)} is neither a store path in {ctx.store_dir} "
                             "nor a NAR hash") from None
     async with ctx.store.reading() as reader:
         trees = [t for t in await reader.sources.trees_with_hash(nar_hash) if t.identifying]

@@ -22,7 +22,7 @@ import stat
 from collections import deque
 from dataclasses import dataclass
 
-from buildref.errors import Forbidden
+from buildref.errors import Forbidden, quoted
 
 READ, WRITE, SEARCH = 4, 2, 1
 MAX_LINKS = 40  # symbolic links followed on one path, as Linux allows
@@ -35,7 +35,7 @@ class Denied(Forbidden):
 def not_yours(spec: str) -> Forbidden:
     """The one answer for a path a user may not have recorded, whether it is missing, unreadable
     or someone else's: different answers would tell them which."""
-    return Forbidden(f"'{spec[:200]}' is not a git repository of yours that you can read: a user can record"
+    return Forbidden(f"{quoted(spec)} is not a git repository of yours that you can read: a user can record"
                      " only their own repositories (root can record any)")
 
 
@@ -76,7 +76,7 @@ def resolve_as(path: str, who: Credentials) -> str:
     passed through must let them search it. Raises :class:`Denied` (the same for a path that is
     not there and one they may not see: the answer must not tell them apart)."""
     if not path.startswith("/"):
-        raise Denied(f"'{path[:200]}' is not an absolute path")
+        raise Denied(f"{quoted(path)} is not an absolute path")
     parts = deque(path.split("/"))
     current, links = "/", 0
     try:

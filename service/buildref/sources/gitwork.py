@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from buildref.config import Repository
-from buildref.errors import BuildrefError, Forbidden, GitError, UnknownRevision
+from buildref.errors import BuildrefError, Forbidden, GitError, UnknownRevision, quoted
 from buildref.git.history import History
 from buildref.git.source import GitRepository
 from buildref.sources.access import (
@@ -98,7 +98,7 @@ class GitWork:
                     return result
             # what was read (an error's message too) may come from elsewhere: never answered
             self.forget(repo)  # libgit2 may have cached what it read meanwhile
-        raise GitError(f"'{repo.name[:200]}' kept changing while it was read; try again")
+        raise GitError(f"{quoted(repo.name)} kept changing while it was read; try again")
 
     async def run(self, repo: Repository, work: Callable[[GitRepository], T]) -> T:
         """``work`` on ``repo``, opened if needed, in a thread."""

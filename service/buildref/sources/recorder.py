@@ -13,7 +13,7 @@ import structlog
 
 from buildref.config import Limits, Repository
 from buildref.diskspace import SpaceFloor
-from buildref.errors import BuildrefError, Forbidden, StorageError, UnknownRevision
+from buildref.errors import BuildrefError, Forbidden, StorageError, UnknownRevision, quoted
 from buildref.git.forms import DirForm
 from buildref.git.source import GitRepository
 from buildref.git.tree_nar import TreeRule
@@ -45,7 +45,7 @@ def list_refs(repo: GitRepository, wanted: tuple[str, ...] | None) -> dict[str, 
             try:
                 names.append(git.lookup_reference_dwim(name).name)
             except (KeyError, pygit2.InvalidSpecError, pygit2.GitError):
-                raise UnknownRevision(f"no ref '{name}' in repository '{repo.path}'") from None
+                raise UnknownRevision(f"no ref {quoted(name)} in repository '{repo.path}'") from None
     found = {}
     for name in names:
         try:
@@ -163,7 +163,7 @@ class RefRecorder:
         repo = self._repositories.resolve(spec, uid)
         recorded_by = self._repositories.recorded_by(repo, uid)
         quota = None if trusted(uid) else _Quota(self._limits, recorded_by)
-        self._space.check(0, f"recording '{repo.name[:200]}'")
+        self._space.check(0, f"recording {quoted(repo.name)}")
         if repo.url is not None and (fetch or not os.path.isdir(repo.path)):
             await mirror(repo.url, repo.path)
         async with self._recording.setdefault(repo.name, asyncio.Lock()):
@@ -209,7 +209,7 @@ class RefRecorder:
         moves = ref_moves(current, targets, complete=refs is None)
         record = RepositoryRecord(repo.name, repo.path, repo.url, recorded_by, self._builder)
         rows = len(revisions) + len(forms) + len(trees) + len(moves)
-        self._space.check(rows, f"recording '{repo.name[:200]}'")
+        self._space.check(rows, f"recording {quoted(repo.name)}")
         await self._store.sources.record_revisions(record, revisions, forms, trees, moves)
         return Recorded(repository=repo.name, refs={ref: rev for ref, (rev, _) in sorted(tips.items())},
                         moved=tuple(moves), revisions_indexed=len(revisions), sources_indexed=len(trees))

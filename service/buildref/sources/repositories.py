@@ -9,7 +9,7 @@ import os
 import re
 
 from buildref.config import Repository
-from buildref.errors import Forbidden, UnknownRepository
+from buildref.errors import Forbidden, UnknownRepository, quoted
 from buildref.sources.access import Credentials, Denied, locate, not_yours, trusted
 
 
@@ -65,15 +65,15 @@ class Repositories:
             return configured
         if is_url(spec):
             if not trusted(uid):
-                raise Forbidden(f"'{spec[:200]}' is not configured: only root can have a URL mirrored")
+                raise Forbidden(f"{quoted(spec)} is not configured: only root can have a URL mirrored")
             return Repository(spec, self.mirror_path(spec), spec)
         if not spec.startswith("/"):
-            raise UnknownRepository(f"no repository '{spec[:200]}': give a configured name or an"
+            raise UnknownRepository(f"no repository {quoted(spec)}: give a configured name or an"
                                     " absolute path")
         name = os.path.abspath(spec)
         if trusted(uid):
             if not os.path.isdir(name):
-                raise UnknownRepository(f"no repository '{name[:200]}': no such directory")
+                raise UnknownRepository(f"no repository {quoted(name)}: no such directory")
             return Repository(name, name)
         assert uid is not None
         try:

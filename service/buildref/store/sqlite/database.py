@@ -8,12 +8,14 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from buildref.errors import IndexLost, StorageError
+
+T = TypeVar("T")
 
 CHUNK = 500  # values per IN list: stays under SQLite's limit on bound parameters
 READERS = 4
@@ -105,12 +107,15 @@ class Database:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """The writer, inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any error)."""
         async with self._writing:
-            await _storage(self._writer.execute("BEGIN IMMEDIATE"))
             try:
+                await _storage(self._writer.execute("BEGIN IMMEDIATE"))
                 yield self._writer
             except BaseException as e:
+                # also when the caller was cancelled (its client left) at any await, BEGIN's too:
+                # what was queued still runs in the writer's thread, so ROLLBACK goes after it, and
+                # the next transaction waits for it
                 with contextlib.suppress(Exception):  # a failed statement may have ended it already
-                    await self._writer.execute("ROLLBACK")
+                    await _to_the_end(self._writer.execute("ROLLBACK"))
                 if isinstance(e, sqlite3.Error):  # a full disk, say: the real reason, said once
                     raise StorageError(f"the index could not be written: {e}") from None
                 raise
@@ -136,12 +141,14 @@ class Database:
         conn = await self._readers.get()
         try:
             await conn.execute("BEGIN")
-            try:
-                yield conn
-            finally:
-                await conn.execute("COMMIT")
+            yield conn
         finally:
-            self._readers.put_nowait(conn)
+            # ends the read transaction — also one whose BEGIN still ran after its caller was
+            # cancelled — before another snapshot may have the connection (commit: only if begun)
+            try:
+                await _to_the_end(conn.commit())
+            finally:
+                self._readers.put_nowait(conn)
 
     def size(self) -> int:
         """Bytes on disk, write-ahead log included."""
@@ -150,6 +157,24 @@ class Database:
             with contextlib.suppress(FileNotFoundError):
                 total += os.stat(self.path + suffix).st_size
         return total
+
+
+async def _to_the_end(awaitable: Awaitable[T]) -> T:
+    """``awaitable`` run to its end even if the caller is cancelled meanwhile; the cancellation
+    is then raised. A transaction must be ended before its connection is used again."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                cancelled = True
+                continue
+            raise
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
 
 
 async def _storage(awaitable: Any) -> Any:
@@ -168,9 +193,16 @@ async def rows_in(conn: aiosqlite.Connection, sql: str, values: Iterable[Any],
                   before: Sequence[Any] = ()) -> list[Any]:
     """Rows of ``sql``, whose ``{marks}`` is the IN list of ``values``, run in chunks that stay
     under SQLite's limit on bound parameters; ``before`` binds the parameters ahead of it."""
+    return await made_in(conn, sql, values, lambda row: row, before)
+
+
+async def made_in(conn: aiosqlite.Connection, sql: str, values: Iterable[Any], make: Callable[[Any], T],
+                  before: Sequence[Any] = ()) -> list[T]:
+    """As :func:`rows_in`, each row made into a record chunk by chunk: tens of thousands of rows
+    are never turned into records in one go on the event loop."""
     wanted = list(values)
-    found: list[Any] = []
+    found: list[T] = []
     for i in range(0, len(wanted), CHUNK):
         chunk = wanted[i:i + CHUNK]
-        found += await rows(conn, sql.format(marks=",".join("?" * len(chunk))), [*before, *chunk])
+        found += map(make, await rows(conn, sql.format(marks=",".join("?" * len(chunk))), [*before, *chunk]))
     return found

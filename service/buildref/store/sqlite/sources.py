@@ -19,7 +19,7 @@ from buildref.store.api import (
     SourceUsage,
     TreeRecord,
 )
-from buildref.store.sqlite.database import Database, rows, rows_in
+from buildref.store.sqlite.database import Database, made_in, rows, rows_in
 
 _REPOSITORY = "id, name, path, url, recorded_by"
 _REVISION = "id, repo_id, rev, commit_time, root_export_ignore, root_raw"
@@ -133,8 +133,9 @@ class SqliteSourceQueries:
         return [rev for (rev,) in found]
 
     async def trees(self, forms: Collection[bytes]) -> dict[bytes, TreeRecord]:
-        found = await rows_in(self._conn, f"SELECT {_TREE} FROM trees WHERE form IN ({{marks}})", forms)
-        return {row[0]: _tree(row) for row in found}
+        sql = f"SELECT {_TREE} FROM trees WHERE form IN ({{marks}})"
+        found = await made_in(self._conn, sql, forms, _tree)
+        return {t.form: t for t in found}
 
     async def trees_with_hash(self, nar_hash: str) -> list[TreeRecord]:
         return [_tree(row) for row in await rows(self._conn, f"SELECT {_TREE} FROM trees WHERE nar_hash = ?",
