@@ -1,29 +1,46 @@
 #!/usr/bin/env bash
-# Deploy what REF of a repository built: the cached build when buildref knows one, a fresh build
-# only when it does not — what people otherwise script around nix-prefetch-git and an SQL table.
+# Deploy what REF of a repository built: from this machine's store when it is here, from a binary
+# cache when a configured one holds it (narinfo and signature verified by buildref), and built only
+# when neither — the deploy script people write around nix-prefetch-git and an SQL table.
 #
-#   examples/deploy.sh REPO_PATH REF FLAKE_ATTR TARGET
+#   BUILDREF_URL=http://index:8745 examples/deploy.sh REPO REF FLAKE ATTR TARGET
 #
-# REPO_PATH: the repository buildref records (its path); REF: branch, tag or rev; FLAKE_ATTR: the
-# flake output to build when nothing is cached (packages.x86_64-linux.default); TARGET: the symlink
-# (or profile) to point at the result. Prints the deployed store path.
+# REPO: the repository as the index names it (a configured name, or the path it was recorded
+# under); REF: branch, tag or rev, resolved by the index; FLAKE: the flake to build when nothing is
+# cached (git+https://..., git+file://...), taken at exactly the revision REF resolved to; ATTR: its
+# output (packages.x86_64-linux.default); TARGET: the symlink (or profile) to point at the result.
+# Prints the deployed store path.
+#
+# BUILDREF_URL asks an index elsewhere (the deploy host needs no service of its own); without it,
+# the local service (BUILDREF_SOCKET). Fetching from a cache needs its key in this machine's
+# trusted-public-keys, as for any substituter. Only a build of REF's own revision is deployed: an
+# ancestor's build (the lookup's fallback) is not what REF names.
 set -euo pipefail
-repo=$1 ref=$2 attr=$3 target=$4
+repo=$1 ref=$2 flake=$3 attr=$4 target=$5
+nix=(nix --extra-experimental-features "nix-command flakes")
 
-# The newest build that used REF's source directly and is still in the store, if any.
-read -r rev out < <(buildref lookup "$repo" "$ref" --direct --json | python3 -c '
-import json, sys
+read -r rev out cache < <(buildref lookup "$repo" "$ref" --direct --cached --json | python3 -c '
+import json, os, sys
 answer = json.load(sys.stdin)
-ready = [b["outputs"]["out"] for b in answer["builds"]
-         if answer["fallback"] is None and b["valid"] and "out" in b["outputs"]]
-print(answer["rev"], ready[0] if ready else "-")')
+builds = [] if answer["fallback"] else [b for b in answer["builds"] if "out" in b["outputs"]]
+here = [b["outputs"]["out"] for b in builds if os.path.exists(b["outputs"]["out"])]
+cached = [(b["outputs"]["out"], b["caches"][0]) for b in builds if b["caches"]]
+if here:
+    print(answer["rev"], here[0], "-")
+elif cached:
+    print(answer["rev"], *cached[0])
+else:
+    print(answer["rev"], "-", "-")')
 
-if [ "$out" = "-" ]; then
-  echo "deploy: no build of $ref ($rev) in the store; building it" >&2
-  out=$(nix build --no-link --json "git+file://$repo?rev=$rev#$attr" |
-        python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["outputs"]["out"])')
+if [ "$out" != "-" ] && [ "$cache" = "-" ]; then
+  echo "deploy: $ref ($rev) is already in this machine's store" >&2
+elif [ "$out" != "-" ]; then
+  echo "deploy: fetching $ref ($rev) from $cache" >&2
+  "${nix[@]}" copy --from "$cache" "$out"
 else
-  echo "deploy: $ref ($rev) is already built" >&2
+  echo "deploy: no cached build of $ref ($rev); building it" >&2
+  out=$("${nix[@]}" build --no-link --json "$flake?rev=$rev#$attr" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["outputs"]["out"])')
 fi
 ln -sfn "$out" "$target"
 echo "$out"

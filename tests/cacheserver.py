@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import lzma
+import threading
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -54,7 +57,7 @@ class CacheServer:
 
     async def __aenter__(self) -> CacheServer:
         app = web.Application()
-        app.router.add_get("/{prefix}/{name}", self._handle)
+        app.router.add_get("/{prefix}/{name:.+}", self._handle)  # narinfos, nix-cache-info, nar/…
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -94,7 +97,7 @@ class CacheServer:
                 await self._closing.wait()
                 return web.Response(status=503)
             path = root.directory / name
-            if not path.is_file():
+            if ".." in Path(name).parts or not path.is_file():
                 return web.Response(status=404)
             body = path.read_bytes()
             if narinfo and root.xz:
@@ -123,3 +126,24 @@ class CacheServer:
                     await self._changed.wait_for(lambda: self.in_flight >= target or self._closing.is_set())
             except TimeoutError:
                 pass
+
+
+@contextlib.contextmanager
+def served(roots: dict[str, Root]) -> Iterator[CacheServer]:
+    """A :class:`CacheServer` on its own event loop in a thread, for a service in another process
+    (and ``nix copy --from``) to use while the test goes on; stopped at the end."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="cacheserver", daemon=True)
+    thread.start()
+
+    async def start() -> CacheServer:
+        return await CacheServer(roots).__aenter__()
+
+    server = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=30)
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()

@@ -244,16 +244,17 @@ def test_deploy_script_uses_the_cached_build_and_builds_only_when_needed(
     attr = f"packages.{nix.eval_json('builtins.currentSystem')}.default"
     target = tmp_path / "current"
 
-    cached = subprocess.run([str(script), str(repo), "v1", attr, str(target)], env=env, capture_output=True,
-                            check=False)
+    flake = f"git+file://{repo}"
+    cached = subprocess.run([str(script), "app", "v1", flake, attr, str(target)], env=env,
+                            capture_output=True, check=False)
     assert cached.returncode == 0, cached.stderr.decode()
-    assert "already built" in cached.stderr.decode()
+    assert "already in this machine's store" in cached.stderr.decode()
     assert cached.stdout.decode().strip() == built_v1[0]["outputs"]["out"] == os.readlink(target)
 
-    fresh = subprocess.run([str(script), str(repo), "v2", attr, str(target)], env=env, capture_output=True,
+    fresh = subprocess.run([str(script), "app", "v2", flake, attr, str(target)], env=env, capture_output=True,
                            check=False)
     assert fresh.returncode == 0, fresh.stderr.decode()
-    assert "building it" in fresh.stderr.decode()
+    assert "no cached build of v2" in fresh.stderr.decode()
     out = fresh.stdout.decode().strip()
     assert os.readlink(target) == out
     service.wait_idle()  # the build went through the hook: now lookup knows it

@@ -39,6 +39,8 @@ from buildref.api.sockets import (
     notify,
     raise_fd_limit,
 )
+from buildref.cache import CacheClient
+from buildref.cache.upload import Uploader
 from buildref.config import Config
 from buildref.diskspace import SpaceFloor
 from buildref.errors import BadConfig, BuildrefError, IndexLost
@@ -48,6 +50,7 @@ from buildref.ingest.indexer import Indexer
 from buildref.ingest.spool import Spool
 from buildref.models import Status
 from buildref.process import Nix
+from buildref.query.cached import CacheView
 from buildref.query.context import QueryContext
 from buildref.query.status import Activity, status
 from buildref.sources.gitwork import GitWork
@@ -192,7 +195,15 @@ async def _serve(config: Config) -> None:
                                config.builder)
         nix = Nix(config.nix_bin_dir)
         learner = ContentLearner(store, nix)
-        indexer = Indexer(store, nix, config.store_dir, learner.wake, config.builder)
+        client = None
+        if config.caches:  # probes go straight to the caches, bounded and memoised
+            client = await stack.enter_async_context(CacheClient(config.caches, config.store_dir))
+        caches = CacheView(client)
+        uploader = None
+        if config.upload is not None:
+            uploader = Uploader(store.uploads, nix, config.upload, copied=caches.forget)
+        indexer = Indexer(store, nix, config.store_dir, learner.wake, config.builder,
+                          on_uploads=uploader.wake if uploader is not None else None)
         inbox = Inbox(store.events, lambda _: indexer.wake())
         hook_lines = HookLines(inbox, config.store_dir)
         spool = Spool(config.spool_dir, hook_lines.spooled)
@@ -202,12 +213,13 @@ async def _serve(config: Config) -> None:
             return Activity(started=started, queued=inbox.depth, received=inbox.received,
                             indexed=indexer.indexed, failed=indexer.failed + hook_lines.rejected,
                             commit_groups=inbox.groups, builder=config.builder,
-                            index_error=indexer.unavailable)
+                            index_error=indexer.unavailable,
+                            upload_to=config.upload.to if config.upload is not None else None)
 
         async def current_status() -> Status:
             return await status(store, activity(), config.spool_dir)
 
-        queries = QueryContext(store, repositories, git, config.store_dir, config.builder)
+        queries = QueryContext(store, repositories, git, config.store_dir, config.builder, caches)
         services = Services(queries, recorder, current_status, config.limits,
                             Admission(config.limits.user_requests))
 
@@ -243,7 +255,9 @@ async def _serve(config: Config) -> None:
                                   log=log, refuse=query_refused)
         http_server = None
         if config.http is not None and http_socks is not None:
-            http_server = HttpServer(http_socks, services, current_status, Metrics(), on_query_error,
+            metrics = Metrics(probes=(lambda: client.stats) if client is not None else lambda: {},
+                              uploads=(lambda: uploader.results) if uploader is not None else lambda: {})
+            http_server = HttpServer(http_socks, services, current_status, metrics, on_query_error,
                                      idle_timeout=idle, max_connections=budget.http, wire=wire)
             stack.push_async_callback(http_server.close)  # on any way out, before the index closes
 
@@ -256,6 +270,8 @@ async def _serve(config: Config) -> None:
             background = [tasks.create_task(_supervised("spool", spool.run)),
                           tasks.create_task(_supervised("watcher", watcher.run)),
                           tasks.create_task(_supervised("contents", learner.run))]
+            if uploader is not None:
+                background.append(tasks.create_task(_supervised("upload", uploader.run)))
             await hook_server.start(hook_sock)
             await query_server.start(query_sock)
             if http_server is not None:

@@ -277,6 +277,7 @@ class LookupParams(Wire):
     at: float | None = None
     name: str | None = None  # a glob on derivation names
     direct: bool = False
+    cached: bool = False  # only builds in the local store or a configured binary cache
 
     def __post_init__(self) -> None:
         _text(self.repo, "repo")
@@ -319,6 +320,10 @@ class Build(Wire):
     # the ``builder`` setting of the service that recorded it; None: recorded on this machine
     # before builds carried their builder
     builder: str | None
+    # configured binary caches holding every output (narinfo and signature verified), and those
+    # that could not say now (unreachable, failing, or not asked): never taken for "absent"
+    caches: tuple[str, ...] = field(default=(), kw_only=True)
+    caches_unknown: tuple[str, ...] = field(default=(), kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +434,8 @@ class WhyPath(Wire):
     sources: tuple[SourceMatch, ...]
     locked_inputs: tuple[LockedInput, ...]
     builder: str | None = None  # of the build, as in ``Build``
+    caches: tuple[str, ...] = ()  # configured caches holding this path, as in ``Build``
+    caches_unknown: tuple[str, ...] = ()
     # repositories whose history could not be searched through (not at hand, unreadable, or the
     # query's time bound reached): a revision of theirs may be missing from ``sources``
     not_searched: tuple[str, ...] = ()
@@ -512,6 +519,18 @@ class IndexLag(Wire):
 
 
 @dataclass(frozen=True, slots=True)
+class UploadStatus(Wire):
+    """The upload queue ([upload] to): store paths waiting for a copy (or to be tried alone after
+    a failed batch), copied, whose last copy failed (tried again later), gone before a copy."""
+
+    pending: int
+    done: int
+    failed: int
+    dropped: int = 0
+    to: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Status(Wire):
     version: str
     pid: int
@@ -526,6 +545,7 @@ class Status(Wire):
     contents_pending: int = 0  # store paths whose content is still to learn before they can match
     builder: str = ""  # the name this service records its builds under
     index_lag: IndexLag = IndexLag()
+    upload: UploadStatus | None = None  # None: no [upload] configured
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ collector turns it into metric families — so no number is kept twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import choose_encoder
@@ -21,9 +21,19 @@ from prometheus_client.metrics_core import (
 
 from buildref.models import Status
 
+Counts = Callable[[], Mapping[str, int]]
+
+
+def _none() -> Mapping[str, int]:
+    return {}
+
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, probes: Counts = _none, uploads: Counts = _none) -> None:
+        """``probes``: binary cache probes made since start, by result; ``uploads``: upload
+        attempts since start, by result (both counted where they happen, read at scrape time)."""
+        self._probes = probes
+        self._uploads = uploads
         self.registry = CollectorRegistry(auto_describe=True)
         self._http_requests = Counter(
             "buildref_http_requests", "HTTP requests answered, by route and status code",
@@ -39,19 +49,34 @@ class Metrics:
         registry's metrics, in the format ``accept`` asks for (Prometheus text 0.0.4 by default,
         OpenMetrics when asked)."""
         encode, content_type = choose_encoder(accept)
-        return encode(_Scrape(status, self.registry)), content_type
+        return encode(_Scrape(status, self.registry, self._probes(), self._uploads())), content_type
 
 
 class _Scrape:
     """One scrape: the status collector and the registry, as one collector."""
 
-    def __init__(self, status: Status, registry: CollectorRegistry) -> None:
+    def __init__(self, status: Status, registry: CollectorRegistry, probes: Mapping[str, int],
+                 uploads: Mapping[str, int]) -> None:
         self._status = status
         self._registry = registry
+        self._probes = probes
+        self._uploads = uploads
 
     def collect(self) -> Iterator[Metric]:
         yield from status_metrics(self._status)
+        yield from counted("buildref_cache_probes", "binary cache narinfo probes since the service started,"
+                           " by result (verified, no-narinfo, untrusted, other-store-path, fetch-failed,"
+                           " ...)", self._probes)
+        yield from counted("buildref_uploads", "upload attempts since the service started, by result (done, "
+                           "failed, dropped)", self._uploads)
         yield from self._registry.collect()
+
+
+def counted(name: str, documentation: str, counts: Mapping[str, int]) -> Iterator[Metric]:
+    family = CounterMetricFamily(name, documentation, labels=["result"])
+    for result, count in sorted(counts.items()):
+        family.add_metric([result], count)
+    yield family
 
 
 def shared_index_lag(status: Status) -> tuple[float, int]:
@@ -106,3 +131,10 @@ def status_metrics(s: Status) -> Iterator[Metric]:
                             "and not yet in the shared index (0 without one)", value=lag_seconds)
     yield GaugeMetricFamily("buildref_shared_index_lag_events", "events committed here and not yet in the "
                             "shared index (0 without one)", value=lag_events)
+    if s.upload is not None:
+        queue = GaugeMetricFamily("buildref_upload_queue", "store paths in the upload queue, by state",
+                                  labels=["state"])
+        for state, count in (("pending", s.upload.pending), ("done", s.upload.done),
+                             ("failed", s.upload.failed), ("dropped", s.upload.dropped)):
+            queue.add_metric([state], count)
+        yield queue

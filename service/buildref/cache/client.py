@@ -153,6 +153,7 @@ class CacheClient:
         self._memo: TtlLru[tuple[int, str], _Lookup] = TtlLru(self._settings.max_entries, clock)
         self._inflight: dict[tuple[int, str], asyncio.Task[_Lookup]] = {}
         self._transport = Transport(self._settings.timeout, self._settings.max_body)
+        self._stats: dict[str, int] = {}
 
     async def __aenter__(self) -> CacheClient:
         await self._transport.__aenter__()
@@ -165,6 +166,18 @@ class CacheClient:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._transport.close()
+
+    def forget(self, paths: Iterable[str]) -> None:
+        """Ask the caches afresh about ``paths`` (copied to one just now): a memoised "absent"
+        must not outlive the upload."""
+        for path in paths:
+            for cache in self._caches:
+                self._memo.forget((cache.index, path))
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Probes made since start, by result (a memo hit is not a probe)."""
+        return dict(self._stats)
 
     async def presence(self, queries: Iterable[tuple[str, Hash | None]]) -> tuple[CachePresence, ...]:
         """For every configured cache, in configuration order, the state of every asked path. A
@@ -261,6 +274,7 @@ class CacheClient:
                 return _Lookup(Reason.FETCH_FAILED, cache.disabled_why)
             fetched = await self._transport.get(cache.base, f"{hash_part}.narinfo")
         lookup, ttl = self._judge(cache, path, fetched)
+        self._stats[lookup.reason.value] = self._stats.get(lookup.reason.value, 0) + 1
         if ttl > 0:
             self._memo.put((cache.index, path), lookup, ttl)
         return lookup

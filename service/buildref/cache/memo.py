@@ -41,5 +41,8 @@ class TtlLru(Generic[K, V]):
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
+    def forget(self, key: K) -> None:
+        self._entries.pop(key, None)
+
     def __len__(self) -> int:
         return len(self._entries)

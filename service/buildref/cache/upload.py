@@ -116,13 +116,15 @@ class Uploader:
         return UploadResult(done=tuple(done), dropped=tuple(gone))
 
     async def _failed(self, items: list[UploadItem], error: str, now: float) -> UploadResult:
-        if len(items) > 1:  # which path failed is not known: each is tried alone soon
-            retries = {i.path: (1, now + FIRST_RETRY * (0.5 + self._rng() / 2)) for i in items}
+        alone = len(items) == 1 and items[0].attempts > 0
+        if not alone:  # which path failed is not known: each is tried alone soon
+            retries = {i.path: (max(1, i.attempts), now + FIRST_RETRY * (0.5 + self._rng() / 2))
+                       for i in items}
         else:
             attempts = items[0].attempts + 1
             delay = backoff(attempts, self._config.max_backoff, self._rng)
             retries = {items[0].path: (attempts, now + delay)}
-        await self._queue.failed(retries, error[:2000], now)
+        await self._queue.failed(retries, error[:2000], now, alone)
         self._log.warning("upload failed", paths=len(items), error=error[:500],
                           retry_in=round(min(at for _, at in retries.values()) - now, 1))
-        return UploadResult(failed=tuple(retries))
+        return UploadResult(failed=tuple(retries) if alone else ())

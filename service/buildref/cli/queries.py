@@ -48,7 +48,7 @@ def cmd_refs(args: argparse.Namespace) -> int:
 
 def cmd_lookup(args: argparse.Namespace) -> int:
     at = parse_time(args.at) if args.at else None
-    params = LookupParams(args.repo, args.ref, at, args.name, args.direct)
+    params = LookupParams(args.repo, args.ref, at, args.name, args.direct, args.cached)
     return emit(args, client(args).lookup(params), render.lookup)
 
 
@@ -155,6 +155,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser],
     lookup.add_argument("--at", metavar="T", help="where REF pointed at time T (epoch, ISO date, or age)")
     lookup.add_argument("--name", metavar="GLOB", help="only derivations whose name matches GLOB")
     lookup.add_argument("--direct", action="store_true", help="only derivations that use the source directly")
+    lookup.add_argument("--cached", action="store_true",
+                        help="only builds whose outputs are in this machine's store or in a configured "
+                             "binary cache (narinfo and signature verified); the fallback too")
     lookup.set_defaults(handler=cmd_lookup)
 
     why = command("why", "the revision a store path came from",

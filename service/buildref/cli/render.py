@@ -48,10 +48,16 @@ def _outputs(outputs: dict[str, str]) -> str:
     return " ".join(f"{name}={path}" for name, path in sorted(outputs.items()))
 
 
+def _cached(b: Build) -> str:
+    """Where the build can be fetched from: the caches holding it, and those that cannot say."""
+    held = "".join(f"  cached in {url}" for url in b.caches)
+    return held + "".join(f"  (cannot tell for {url} now)" for url in b.caches_unknown)
+
+
 def builds(found: Sequence[Build]) -> None:
     for b in found:
         outputs = _outputs(b.outputs) or "(no outputs in store)"
-        print(f"{when(b.built_at)}  {b.builder or '-'}  {b.drv_path}  {outputs}")
+        print(f"{when(b.built_at)}  {b.builder or '-'}  {b.drv_path}  {outputs}{_cached(b)}")
 
 
 def events(found: Sequence[Event]) -> None:
@@ -94,7 +100,8 @@ def lookup(r: Lookup) -> None:
               f"({r.fallback.commits_behind} commit(s) behind)")
     for b in r.builds:
         state = "" if b.valid else "  (not in this machine's store)"
-        print(f"distance {b.distance}  {b.builder or '-'}  {b.drv_path}  {_outputs(b.outputs)}{state}")
+        print(f"distance {b.distance}  {b.builder or '-'}  {b.drv_path}  {_outputs(b.outputs)}{state}"
+              f"{_cached(b)}")
     if not r.builds:
         print("no builds found")
 
@@ -109,6 +116,10 @@ def why(r: Why) -> None:
     if isinstance(r, WhyPath):
         print(f"{r.path} is output '{r.output}' of {r.drv_path} (built {when(r.built_at)}"
               f" by {r.builder or 'this machine'})")
+        for url in r.caches:
+            print(f"cached in {url}")
+        for url in r.caches_unknown:
+            print(f"cannot tell now whether {url} holds it")
     for s in r.sources:
         where = f"/{s.subdir}" if s.subdir else ""
         match = "" if s.match is Match.EXACT else f" {s.match.value} match"

@@ -39,9 +39,10 @@ class Indexer:
     again, with backoff: no event ever fails for it."""
 
     def __init__(self, store: Store, nix: Nix, store_dir: str, on_contents: Callable[[], None],
-                 builder: str | None = None) -> None:
+                 builder: str | None = None, on_uploads: Callable[[], None] | None = None) -> None:
         self._store = store
         self._on_contents = on_contents  # new store paths to learn the content of
+        self._on_uploads = on_uploads  # with [upload]: outputs queued to be copied
         self._nix = nix
         self._store_dir = store_dir
         self._builder = builder
@@ -126,7 +127,14 @@ class Indexer:
             prepared.append((build, len(build.new), seconds + time.perf_counter() - start))
         if not prepared:
             return
+        if self._on_uploads is not None:
+            # queued before the build is recorded: a crash between the two queues them again
+            # (the queue keeps a path once), never loses them
+            outputs = {path for build, _, _ in prepared for _, path in build.outputs}
+            await self._store.uploads.enqueue(outputs, time.time())
         await self._store.builds.record([build for build, _, _ in prepared])
+        if self._on_uploads is not None:
+            self._on_uploads()
         if any(build.contents for build, _, _ in prepared):
             self._on_contents()
         for build, new, seconds in prepared:

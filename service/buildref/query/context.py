@@ -4,11 +4,12 @@ for revisions by content — computed, never stored."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from buildref.config import Repository
 from buildref.errors import UnknownRepository, quoted
 from buildref.models import RecordedBy
+from buildref.query.cached import CacheView
 from buildref.sources.access import trusted
 from buildref.sources.gitwork import GitWork
 from buildref.sources.repositories import Repositories
@@ -24,6 +25,7 @@ class QueryContext:
     git: GitWork
     store_dir: str
     builder: str | None = None  # this service's: a path another builder recorded is on its machine
+    caches: CacheView = field(default_factory=lambda: CacheView(None))  # configured binary caches
 
 
 # The id of a configured repository the index has no row for yet (the watcher records it moments

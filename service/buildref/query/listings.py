@@ -20,14 +20,15 @@ async def repository_builds(ctx: QueryContext, spec: str, since: float, limit: i
         found = await reader.builds.newest_builds(distance)
     builds = [matched(f, distance[f.drv_id]) for f in found if f.build.built_at >= since]
     builds.sort(key=lambda b: -b.built_at)
-    return builds[:limit]
+    async with ctx.store.reading() as reader:
+        return await ctx.caches.annotate(reader, builds[:limit])
 
 
 async def builds(ctx: QueryContext, p: BuildsParams) -> list[Build] | list[MatchedBuild]:
     if p.repo is not None:
         return await repository_builds(ctx, p.repo, p.since, p.limit)
     async with ctx.store.reading() as reader:
-        return await reader.builds.recent(p.since, p.limit)
+        return await ctx.caches.annotate(reader, await reader.builds.recent(p.since, p.limit))
 
 
 async def events(ctx: QueryContext, p: EventsParams) -> list[Event]:

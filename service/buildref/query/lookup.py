@@ -319,11 +319,20 @@ async def lookup(ctx: QueryContext, p: LookupParams) -> Lookup:
     revision = await _revision(ctx, info, repo, rev)
     joined = await join(ctx, info, repo, revision, p.direct, p.name)
     fallback = None
-    builds = joined.builds
+    builds = await in_caches(ctx, joined.builds, p.cached)
     if not builds and repo is not None:
         fallback, builds = await _fallback(ctx, repo, rev, set(revision.places), p)
     return Lookup(repository=info.name, ref=ref_name, rev=rev, sources=joined.sources, builds=tuple(builds),
                   fallback=fallback)
+
+
+async def in_caches(ctx: QueryContext, builds: list[MatchedBuild], cached: bool) -> list[MatchedBuild]:
+    """``builds`` with the configured caches that hold them; with ``cached``, only those in the
+    local store or in a configured cache."""
+    if ctx.caches.configured and builds:
+        async with ctx.store.reading() as reader:
+            builds = await ctx.caches.annotate(reader, builds)
+    return [b for b in builds if b.valid or b.caches] if cached else builds
 
 
 async def _fallback(ctx: QueryContext, repo: Repository, rev: str, seen: set[bytes], p: LookupParams
@@ -347,6 +356,7 @@ async def _fallback(ctx: QueryContext, repo: Repository, rev: str, seen: set[byt
             if not contents and not hashes:
                 continue
             builds = await builds_using(reader, {c.path for c in contents}, hashes, p.direct, p.name)
+        builds = await in_caches(ctx, builds, p.cached)
         if builds:
             return Fallback(ancestor, behind), builds
     return None, []

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from buildref import __version__
 from buildref.errors import StorageError
 from buildref.ingest.spool import spooled
-from buildref.models import DatabaseInfo, IndexLag, SinceStart, Status
+from buildref.models import DatabaseInfo, IndexLag, SinceStart, Status, UploadStatus
+from buildref.store import redacted
 from buildref.store.api import Store, TableCounts
 
 INDEX_TIMEOUT = 3.0  # seconds status waits for a (shared, remote) index's counts
@@ -28,12 +29,18 @@ class Activity:
     commit_groups: int
     builder: str = ""
     index_error: str | None = None  # why the indexer could not write the index, while it cannot
+    upload_to: str | None = None  # [upload] to, when configured
 
 
 async def status(store: Store, activity: Activity, spool_dir: str) -> Status:
     """The inbox's part always (it is local); the index's part when it can be read (a fleet's
     shared index may be away: its counts are then -1, and ``indexLag`` says why)."""
     error = activity.index_error
+    upload = None
+    if activity.upload_to is not None:  # this machine's queue, whatever the index
+        queue = await store.uploads.counts()
+        upload = UploadStatus(queue.pending, queue.done, queue.failed, queue.dropped,
+                              redacted(activity.upload_to))
     async with store.reading() as reader:
         counts = await reader.events.counts()
         last = await reader.events.last()
@@ -66,4 +73,5 @@ async def status(store: Store, activity: Activity, spool_dir: str) -> Status:
         index_lag=IndexLag(events=counts.pending,
                            seconds=0.0 if oldest is None else round(max(0.0, now - oldest), 3),
                            reachable=error is None, error=error),
+        upload=upload,
     )

@@ -60,6 +60,7 @@ async def why(ctx: QueryContext, what: str) -> Why:
                     if c.identifying or c.form is None]
         repositories = await searchable(ctx, reader)
         builds = await builds_using(reader, {c.path for c in contents}, [nar_hash], False, None)
+        builds = await ctx.caches.annotate(reader, builds)
     wanted = [Wanted(t.form.hex(), nar_hash, t.form, t.raw, 0, None) for t in trees]
     wanted += [Wanted(c.path, nar_hash, c.form, None, 0, None) for c in contents if c.form is not None
                and c.form not in {t.form for t in trees}]
@@ -82,6 +83,7 @@ async def _why_path(ctx: QueryContext, path: str, deadline: float) -> WhyPath:
         pins = await reader.sources.locked_inputs(paths, hashes)
         repositories = await searchable(ctx, reader)
         contents = await reader.builds.contents(paths)
+        caches, unknown = await ctx.caches.of_paths(reader, [path])
     pinned = {(p.store_path, p.rev) for p in pins} | {(p.nar_hash, p.rev) for p in pins}
     wanted = [w if w.rev_hint else Wanted(w.path, w.nar_hash, w.form, w.raw, w.distance, _pin(pinned, w))
               for w in wanted]
@@ -105,7 +107,7 @@ async def _why_path(ctx: QueryContext, path: str, deadline: float) -> WhyPath:
     sources = tuple(m for _, m in sorted(found_matches.values(), key=lambda entry: entry[0]))
     return WhyPath(path=path, drv_path=found.drv_path, output=found.output, built_at=found.built_at,
                    sources=sources, locked_inputs=tuple(pins), not_searched=tuple(sorted(not_searched)),
-                   builder=found.builder)
+                   builder=found.builder, caches=caches, caches_unknown=unknown)
 
 
 def _pin(pinned: set[tuple[str, str | None]], w: Wanted) -> str | None:

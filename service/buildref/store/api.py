@@ -380,9 +380,9 @@ class UploadItem:
 
 @dataclass(frozen=True, slots=True)
 class UploadCounts:
-    pending: int  # waiting for a first copy, or for a retry after a failed batch
+    pending: int  # waiting for a first copy, or to be tried alone after a failed batch
     done: int
-    failed: int  # whose last copy alone failed (tried again later)
+    failed: int  # whose last copy, tried alone, failed (tried again later)
     dropped: int  # gone from the store before they could be copied
 
 
@@ -400,8 +400,10 @@ class UploadQueue(Protocol):
 
     async def done(self, paths: Collection[str], now: float) -> None: ...
 
-    async def failed(self, retries: Mapping[str, tuple[int, float]], error: str, now: float) -> None:
-        """Each path's attempts so far and when to try it again."""
+    async def failed(self, retries: Mapping[str, tuple[int, float]], error: str, now: float,
+                     alone: bool) -> None:
+        """Each path's attempts so far and when to try it again; ``alone``: it failed on its own
+        (else it was in a batch that failed, and is only to be tried alone)."""
 
     async def dropped(self, paths: Collection[str], now: float) -> None: ...
 
@@ -430,6 +432,10 @@ class Store(Protocol):
 
     @property
     def sources(self) -> SourceIndex: ...
+
+    @property
+    def uploads(self) -> UploadQueue:
+        """This machine's upload queue (local even when the index is shared)."""
 
     @property
     def location(self) -> str:

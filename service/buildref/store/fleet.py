@@ -23,6 +23,7 @@ from buildref.store.postgres.builds import PgBuildQueries
 from buildref.store.postgres.sources import PgSourceIndex, PgSourceQueries
 from buildref.store.sqlite import SqliteStore
 from buildref.store.sqlite.events import SqliteEventLog
+from buildref.store.sqlite.uploads import SqliteUploadQueue
 
 
 class FleetBuildIndex:
@@ -85,6 +86,7 @@ class FleetStore:
         self.events: SqliteEventLog = inbox.events
         self.builds = FleetBuildIndex(index, inbox.events)
         self.sources: PgSourceIndex = index.sources
+        self.uploads: SqliteUploadQueue = inbox.uploads  # this machine's, like its inbox
 
     @classmethod
     async def open(cls, url: str, inbox: str, builder: str) -> FleetStore:

@@ -17,6 +17,7 @@ from buildref.store.sqlite.database import Database, connect
 from buildref.store.sqlite.events import SqliteEventLog, SqliteEventQueries
 from buildref.store.sqlite.schema import migrate
 from buildref.store.sqlite.sources import SqliteSourceIndex, SqliteSourceQueries
+from buildref.store.sqlite.uploads import SqliteUploadQueue
 
 
 def _private(path: str) -> None:
@@ -48,6 +49,7 @@ class SqliteStore:
         self.events = SqliteEventLog(db)
         self.builds = SqliteBuildIndex(db)
         self.sources = SqliteSourceIndex(db)
+        self.uploads = SqliteUploadQueue(db)
 
     @classmethod
     async def open(cls, path: str, durable: bool = True) -> SqliteStore:

@@ -202,6 +202,19 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE builds ADD COLUMN builder TEXT;"
     " CREATE INDEX derivations_rev_hint ON derivations (rev_hint)"
     " WHERE fixed_mode = 'flat' AND path_hint IS NOT NULL;",
+    # 6: the upload queue ([upload] to): this machine's, whatever the index (a fleet's too).
+    """
+    CREATE TABLE uploads (
+        path TEXT PRIMARY KEY,
+        state TEXT NOT NULL,          -- pending | done | failed | dropped
+        attempts INTEGER NOT NULL DEFAULT 0,
+        due REAL NOT NULL,            -- when to try it (next)
+        queued_at REAL NOT NULL,
+        finished_at REAL,             -- copied, or dropped
+        error TEXT                    -- of the last failed copy
+    ) WITHOUT ROWID;
+    CREATE INDEX uploads_due ON uploads (due) WHERE state IN ('pending', 'failed');
+    """,
 )
 
 
