@@ -9,4 +9,5 @@ python lookup.py
 python lookup.py --backend postgres
 python fleet.py
 python cache_presence.py
+python upload.py
 python attack.py

@@ -284,10 +284,14 @@ in
         default = null;
         example = "s3://nix-cache?region=eu-west-1";
         description = ''
-          Store URI the service copies every recorded build to (`nix copy --to`). Anything but
-          file:// lets the service use the network; a file:// directory must exist and be writable
-          by user buildref. To sign, set {option}`services.buildref.upload.secretKeyFile` (or put
-          `?secret-key=PATH` in the URI yourself, with a key file user buildref can read).
+          Store URI the service copies every recorded build to (`nix copy --to`), from a durable
+          queue, after the build's event is acknowledged: this replaces the Nix manual's
+          sign-and-upload `post-build-hook` (`upload-to-cache.sh`), without making builds wait on
+          the upload, and retrying a failing target with backoff while one bad path never holds up
+          the others (`buildref status` shows the queue). Anything but file:// lets the service use
+          the network; a file:// directory must exist and be writable by user buildref. To sign, set
+          {option}`services.buildref.upload.secretKeyFile` (or put `?secret-key=PATH` in the URI
+          yourself, with a key file user buildref can read).
         '';
       };
       secretKeyFile = mkOption {

@@ -73,7 +73,7 @@ class UploadConfig:
     """``[upload]``: where every build's outputs are copied (any ``nix copy --to`` store URI)."""
 
     to: str
-    batch: int = 32  # paths per `nix copy`
+    batch: int = 128  # paths per `nix copy`
     max_backoff: float = 3600.0  # seconds at most between two tries of a failing path
 
 
@@ -266,7 +266,7 @@ def _upload(data: dict[str, Any]) -> UploadConfig | None:
     to = _take(table, "to", str, "upload.", None)
     if not to.strip():
         raise BadConfig("upload.to: expected a store URI like \"s3://bucket\" or \"file:///srv/cache\"")
-    batch = _take(table, "batch", int, "upload.", 32)
+    batch = _take(table, "batch", int, "upload.", 128)
     if not 1 <= batch <= 1000:
         raise BadConfig(f"upload.batch: expected 1 to 1000, got {batch!r}")
     backoff = table.get("max_backoff", 3600.0)
