@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,19 @@ def assert_error_line(proc: subprocess.CompletedProcess[bytes], *fragments: str)
     for fragment in fragments:
         assert fragment in lines[0], err
 
+
+NOBODY = pwd.getpwnam("nobody")
+
+
+def as_nobody(query_socket: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``buildref ARGS`` as user nobody (uid and gid only, no groups), asking ``query_socket``."""
+    command = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups",
+               sys.executable, "-m", "buildref", "--socket", str(query_socket), *args]
+    return subprocess.run(command, capture_output=True, check=False, cwd="/")
+
+
+def chown_nobody(path: Path) -> None:
+    """``path`` and everything below it made nobody's (links themselves, not what they name)."""
+    for root, dirs, files in os.walk(path):
+        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            os.lchown(name, NOBODY.pw_uid, NOBODY.pw_gid)

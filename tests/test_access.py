@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 import shutil
 import sqlite3
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,10 +22,9 @@ from buildref.config import Repository
 from buildref.errors import GitError
 from buildref.git.source import GitRepository
 from buildref.sources.gitwork import ATTEMPTS, GitWork
-from helpers import assert_error_line, git
+from helpers import NOBODY, as_nobody, assert_error_line, chown_nobody, git
 from servicectl import ServiceProcess
 
-NOBODY = pwd.getpwnam("nobody")
 NOT_YOURS = "is not a git repository of yours that you can read"
 
 
@@ -39,19 +35,7 @@ def commit(repo: Path, message: str) -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
-def chown_nobody(path: Path) -> None:
-    for root, dirs, files in os.walk(path):
-        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
-            os.lchown(name, NOBODY.pw_uid, NOBODY.pw_gid)
 
-
-@pytest.fixture
-def service() -> Iterator[ServiceProcess]:
-    svc = ServiceProcess()
-    try:
-        yield svc.start()
-    finally:
-        svc.close()
 
 
 @pytest.fixture
@@ -72,11 +56,6 @@ def home(service: ServiceProcess) -> Path:
     os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
     return path
 
-
-def as_nobody(service: ServiceProcess, *args: str) -> subprocess.CompletedProcess[bytes]:
-    command = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups",
-               sys.executable, "-m", "buildref", "--socket", str(service.query_socket), *args]
-    return subprocess.run(command, capture_output=True, check=False, cwd="/")
 
 
 def recorded_repositories(service: ServiceProcess) -> list[str]:
@@ -120,7 +99,7 @@ def test_pointers_to_a_private_repository_are_refused(service: ServiceProcess, s
     tricks["missing, under private"] = secret_path / "nothing"
     chown_nobody(home)
     for trick, path in tricks.items():
-        proc = as_nobody(service, "record", str(path))
+        proc = as_nobody(service.query_socket, "record", str(path))
         assert_error_line(proc, NOT_YOURS)
         message = proc.stderr.decode().replace(str(path), "PATH")
         assert message == f"error: 'PATH' {NOT_YOURS}: a user can record only their own repositories" \
@@ -139,14 +118,14 @@ def test_links_inside_a_users_git_directory_are_refused(service: ServiceProcess,
         shutil.rmtree(path / ".git" / entry)
         (path / ".git" / entry).symlink_to(target)
         os.lchown(path / ".git" / entry, NOBODY.pw_uid, NOBODY.pw_gid)
-        proc = as_nobody(service, "record", str(path))
+        proc = as_nobody(service.query_socket, "record", str(path))
         assert_error_line(proc, f"'{path}/.git/{entry}' is a symbolic link")
         assert secret_rev not in proc.stdout.decode()
     # borrowed objects: an alternates file naming root's object database
     borrowing = home / "borrowing"
     nobodys_repo(borrowing)
     (borrowing / ".git" / "objects" / "info" / "alternates").write_text(f"{secret_path}/.git/objects\n")
-    proc = as_nobody(service, "record", str(borrowing))
+    proc = as_nobody(service.query_socket, "record", str(borrowing))
     assert_error_line(proc, "borrows objects from another repository")
     assert recorded_repositories(service) == []
 
@@ -156,22 +135,22 @@ def test_a_swap_after_recording_is_caught_at_the_next_read(service: ServiceProce
     secret_path, secret_rev = secret
     path = home / "app"
     own_rev = nobodys_repo(path)
-    recorded = as_nobody(service, "record", str(path), "--json")
+    recorded = as_nobody(service.query_socket, "record", str(path), "--json")
     assert recorded.returncode == 0, recorded.stderr.decode()
     assert own_rev in recorded.stdout.decode()
-    looked = as_nobody(service, "lookup", str(path), "main", "--json")
+    looked = as_nobody(service.query_socket, "lookup", str(path), "main", "--json")
     assert looked.returncode == 0 and own_rev in looked.stdout.decode(), looked.stderr.decode()
     # the user's .git becomes a link to root's (the check at record time is long past)
     (path / ".git").rename(path / "own.git")
     (path / ".git").symlink_to(secret_path / ".git")
     for args in (["lookup", str(path), "main"], ["record", str(path)]):
-        proc = as_nobody(service, *args)
+        proc = as_nobody(service.query_socket, *args)
         assert_error_line(proc, NOT_YOURS)
         assert secret_rev not in proc.stdout.decode() + proc.stderr.decode()
     # put back: read again
     (path / ".git").unlink()
     (path / "own.git").rename(path / ".git")
-    looked = as_nobody(service, "lookup", str(path), "main", "--json")
+    looked = as_nobody(service.query_socket, "lookup", str(path), "main", "--json")
     assert looked.returncode == 0 and own_rev in looked.stdout.decode(), looked.stderr.decode()
 
 
@@ -215,7 +194,7 @@ def test_queries_do_not_tell_missing_from_unreadable(service: ServiceProcess,
         args = [] if command == "refs" else ["main"]
         answers = []
         for path in (secret_path, missing):
-            proc = as_nobody(service, command, str(path), *args)
+            proc = as_nobody(service.query_socket, command, str(path), *args)
             assert_error_line(proc, "has not been recorded")
             answers.append(proc.stderr.decode().replace(str(path), "PATH"))
         assert answers[0] == answers[1], command

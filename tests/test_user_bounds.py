@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 import sqlite3
 import subprocess
 import sys
@@ -28,22 +27,8 @@ from buildref.errors import ServiceUnavailable
 from buildref.git.source import GitRepository
 from buildref.sources.recorder import new_trees, revision_forms
 from buildsets import salt
-from helpers import Nix, assert_error_line
+from helpers import NOBODY, Nix, as_nobody, assert_error_line, chown_nobody
 from servicectl import ServiceProcess, run_hook, wait_for
-
-NOBODY = pwd.getpwnam("nobody")
-
-
-def chown_nobody(path: Path) -> None:
-    for root, dirs, files in os.walk(path):
-        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
-            os.lchown(name, NOBODY.pw_uid, NOBODY.pw_gid)
-
-
-def as_nobody(service: ServiceProcess, *args: str) -> subprocess.CompletedProcess[bytes]:
-    command = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups",
-               sys.executable, "-m", "buildref", "--socket", str(service.query_socket), *args]
-    return subprocess.run(command, capture_output=True, check=False, cwd="/")
 
 
 def as_root(service: ServiceProcess, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -80,10 +65,10 @@ def users_repo(service: ServiceProcess, name: str, branches: int, dirs: int) -> 
 
 def test_a_query_never_writes(bounded: ServiceProcess) -> None:
     path = users_repo(bounded, "app", 1, 50)
-    assert as_nobody(bounded, "record", str(path)).returncode == 0
+    assert as_nobody(bounded.query_socket, "record", str(path)).returncode == 0
     before, size = counts(bounded), os.stat(bounded.db_path).st_size
     for _ in range(3):  # a tip with no build: round one stored sources for its ancestors each time
-        proc = as_nobody(bounded, "lookup", str(path), "main", "--json")
+        proc = as_nobody(bounded.query_socket, "lookup", str(path), "main", "--json")
         assert proc.returncode == 0, proc.stderr.decode()
         assert '"builds": []' in proc.stdout.decode()
     assert counts(bounded) == before and os.stat(bounded.db_path).st_size == size
@@ -92,12 +77,12 @@ def test_a_query_never_writes(bounded: ServiceProcess) -> None:
 def test_a_users_repositories_and_rows_are_bounded(bounded: ServiceProcess) -> None:
     small = [users_repo(bounded, f"small{i}", 1, 5) for i in range(3)]
     for path in small[:2]:
-        proc = as_nobody(bounded, "record", str(path))
+        proc = as_nobody(bounded.query_socket, "record", str(path))
         assert proc.returncode == 0, proc.stderr.decode()
-    assert_error_line(as_nobody(bounded, "record", str(small[2])), "2 repositories recorded",
+    assert_error_line(as_nobody(bounded.query_socket, "record", str(small[2])), "2 repositories recorded",
                       "limits.user_repositories")
     # recording again what is already recorded is not a new repository; root is not bounded
-    assert as_nobody(bounded, "record", str(small[0])).returncode == 0
+    assert as_nobody(bounded.query_socket, "record", str(small[0])).returncode == 0
     before = counts(bounded)
     assert as_root(bounded, "record", str(small[2])).returncode == 0
     assert counts(bounded)["repositories"] == before["repositories"] + 1
@@ -108,11 +93,11 @@ def test_rows_over_a_users_quota_are_refused_before_anything_is_written() -> Non
     try:
         big = users_repo(svc, "big", 3, 200)
         before = counts(svc)
-        assert_error_line(as_nobody(svc, "record", str(big)), "past 400 index rows (limits.user_rows)",
-                          "nothing was recorded")
+        assert_error_line(as_nobody(svc.query_socket, "record", str(big)),
+                          "past 400 index rows (limits.user_rows)", "nothing was recorded")
         assert counts(svc) == before
         small = users_repo(svc, "small", 1, 20)
-        assert as_nobody(svc, "record", str(small)).returncode == 0
+        assert as_nobody(svc.query_socket, "record", str(small)).returncode == 0
     finally:
         svc.close()
 

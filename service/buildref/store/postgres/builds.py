@@ -14,20 +14,16 @@ from buildref.store.api import (
     BuiltOutput,
     ClosureItem,
     ContentRecord,
-    ContentState,
     DerivationRecord,
     FlatFixed,
     IndexedBuild,
     TableCounts,
 )
 from buildref.store.postgres.database import Conn, PgDatabase, Snapshot
+from buildref.store.rows import CONTENT, content
 
-_CONTENT = "path, state, nar_hash, nar_size, form, files, identifying, error"
-
-
-def _content(row: Any) -> ContentRecord:
-    path, state, nar_hash, nar_size, form, files, identifying, error = row
-    return ContentRecord(path, ContentState(state), nar_hash, nar_size, form, files, bool(identifying), error)
+_CONTENT = CONTENT
+_content = content
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
-from typing import Any
 
 from buildref.models import LockedInput, RefChange, RefMove
 from buildref.store.api import (
@@ -21,15 +20,12 @@ from buildref.store.api import (
 )
 from buildref.store.postgres.builds import _columns
 from buildref.store.postgres.database import Conn, PgDatabase, Snapshot
+from buildref.store.rows import REVISION, TREE, tree
 
 _REPOSITORY = "id, name, path, url, recorded_by, builder"
-_REVISION = "id, repo_id, rev, commit_time, root_export_ignore, root_raw"
-_TREE = "form, raw, nar_hash, nar_size, files, identifying"
-
-
-def _tree(row: Any) -> TreeRecord:
-    form, raw, nar_hash, nar_size, files, identifying = row
-    return TreeRecord(form, raw, nar_hash, nar_size, files, bool(identifying))
+_REVISION = REVISION
+_TREE = TREE
+_tree = tree
 
 
 async def _lock(conn: Conn, what: str) -> None:

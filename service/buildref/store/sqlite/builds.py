@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any
 
 import aiosqlite
 
@@ -14,19 +13,15 @@ from buildref.store.api import (
     BuiltOutput,
     ClosureItem,
     ContentRecord,
-    ContentState,
     FlatFixed,
     IndexedBuild,
     TableCounts,
 )
+from buildref.store.rows import CONTENT, content
 from buildref.store.sqlite.database import Database, rows, rows_in
 
-_CONTENT = "path, state, nar_hash, nar_size, form, files, identifying, error"
-
-
-def _content(row: Any) -> ContentRecord:
-    path, state, nar_hash, nar_size, form, files, identifying, error = row
-    return ContentRecord(path, ContentState(state), nar_hash, nar_size, form, files, bool(identifying), error)
+_CONTENT = CONTENT
+_content = content
 
 
 class SqliteBuildIndex:

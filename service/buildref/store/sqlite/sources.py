@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
-from typing import Any
 
 import aiosqlite
 
@@ -19,16 +18,13 @@ from buildref.store.api import (
     SourceUsage,
     TreeRecord,
 )
+from buildref.store.rows import REVISION, TREE, tree
 from buildref.store.sqlite.database import Database, made_in, rows, rows_in
 
 _REPOSITORY = "id, name, path, url, recorded_by"
-_REVISION = "id, repo_id, rev, commit_time, root_export_ignore, root_raw"
-_TREE = "form, raw, nar_hash, nar_size, files, identifying"
-
-
-def _tree(row: Any) -> TreeRecord:
-    form, raw, nar_hash, nar_size, files, identifying = row
-    return TreeRecord(form, raw, nar_hash, nar_size, files, bool(identifying))
+_REVISION = REVISION
+_TREE = TREE
+_tree = tree
 
 
 class SqliteSourceIndex:
