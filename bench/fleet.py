@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
+from buildref.store.postgres import PgIndex
 from common import nix_env, run
 from pgserver import PostgresServer
 from servicectl import ServiceProcess
@@ -72,11 +71,13 @@ async def send(services: list[ServiceProcess], drvs: list[str], per_service: int
 
 
 async def builds_in_index(url: str) -> int:
-    conn = await asyncpg.connect(url)
+    """Builds the shared index holds, asked through the storage interface."""
+    index = PgIndex(url, "bench")
     try:
-        return int(await conn.fetchval("SELECT count(*) FROM builds"))
+        async with index.reading() as reader:
+            return (await reader.builds.table_counts()).builds
     finally:
-        await conn.close()
+        await index.close()
 
 
 async def wait_for_index(url: str, total: int, timeout: float = 1800) -> tuple[float, float, int]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 # The isolated configuration (no sandbox, no substituters, nothing from /etc), defined once: the
 # test command's bootstrap, the tests and the benchmarks all read this file.
@@ -92,3 +94,23 @@ def chown_nobody(path: Path) -> None:
     for root, dirs, files in os.walk(path):
         for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
             os.lchown(name, NOBODY.pw_uid, NOBODY.pw_gid)
+
+
+def index_facts(db_path: Path) -> dict[str, Any]:
+    """What a service's SQLite index holds, asked through the storage interfaces (never SQL): the
+    recorded repositories, the rows each recorder's repositories take, and the table counts."""
+    from buildref.store.sqlite import SqliteStore
+
+    async def read() -> dict[str, Any]:
+        store = await SqliteStore.open(str(db_path))
+        try:
+            async with store.reading() as r:
+                repositories = await r.sources.repositories()
+                rows = {by: (await r.sources.usage(by)).rows
+                        for by in sorted({x.recorded_by or "" for x in repositories})}
+                return {"repositories": sorted(x.name for x in repositories), "rows": rows,
+                        "tables": await r.builds.table_counts()}
+        finally:
+            await store.close()
+
+    return asyncio.run(read())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from buildref.config import Repository
 from buildref.errors import GitError
 from buildref.git.source import GitRepository
 from buildref.sources.gitwork import ATTEMPTS, GitWork
-from helpers import NOBODY, as_nobody, assert_error_line, chown_nobody, git
+from helpers import NOBODY, as_nobody, assert_error_line, chown_nobody, git, index_facts
 from servicectl import ServiceProcess
 
 NOT_YOURS = "is not a git repository of yours that you can read"
@@ -59,8 +58,8 @@ def home(service: ServiceProcess) -> Path:
 
 
 def recorded_repositories(service: ServiceProcess) -> list[str]:
-    with sqlite3.connect(f"file:{service.base / 'state' / 'buildref.db'}?mode=ro", uri=True) as db:
-        return [name for (name,) in db.execute("SELECT name FROM repositories")]
+    names: list[str] = index_facts(service.db_path)["repositories"]
+    return names
 
 
 def nobodys_repo(path: Path) -> str:

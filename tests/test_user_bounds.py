@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from buildref.errors import ServiceUnavailable
 from buildref.git.source import GitRepository
 from buildref.sources.recorder import new_trees, revision_forms
 from buildsets import salt
-from helpers import NOBODY, Nix, as_nobody, assert_error_line, chown_nobody
+from helpers import NOBODY, Nix, as_nobody, assert_error_line, chown_nobody, index_facts
 from servicectl import ServiceProcess, run_hook, wait_for
 
 
@@ -36,10 +35,9 @@ def as_root(service: ServiceProcess, *args: str) -> subprocess.CompletedProcess[
                           capture_output=True, check=False)
 
 
-def counts(service: ServiceProcess) -> dict[str, int]:
-    with sqlite3.connect(f"file:{service.db_path}?mode=ro", uri=True) as db:
-        return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                for table in ("repositories", "revisions", "ref_moves", "trees", "repo_trees")}
+def counts(service: ServiceProcess) -> dict[str, Any]:
+    """What the index holds (repositories, rows per recorder, table counts)."""
+    return index_facts(service.db_path)
 
 
 @pytest.fixture
@@ -85,7 +83,7 @@ def test_a_users_repositories_and_rows_are_bounded(bounded: ServiceProcess) -> N
     assert as_nobody(bounded.query_socket, "record", str(small[0])).returncode == 0
     before = counts(bounded)
     assert as_root(bounded, "record", str(small[2])).returncode == 0
-    assert counts(bounded)["repositories"] == before["repositories"] + 1
+    assert len(counts(bounded)["repositories"]) == len(before["repositories"]) + 1
 
 
 def test_rows_over_a_users_quota_are_refused_before_anything_is_written() -> None:
