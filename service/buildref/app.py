@@ -207,7 +207,7 @@ async def _serve(config: Config) -> None:
         inbox = Inbox(store.events, lambda _: indexer.wake())
         hook_lines = HookLines(inbox, config.store_dir)
         spool = Spool(config.spool_dir, hook_lines.spooled)
-        watcher = RepoWatcher(config.repositories, recorder, locks)
+        watcher = RepoWatcher(config.repositories, recorder, locks, observer)
 
         def activity() -> Activity:
             return Activity(started=started, queued=inbox.depth, received=inbox.received,
@@ -265,7 +265,6 @@ async def _serve(config: Config) -> None:
             inbox_task = tasks.create_task(inbox.run())  # not restarted: it ends only with IndexLost
             indexer_task = tasks.create_task(_supervised("indexer", indexer.run))
             spool.watch(observer, loop)
-            watcher.watch(observer, loop)
             observer.start()
             background = [tasks.create_task(_supervised("spool", spool.run)),
                           tasks.create_task(_supervised("watcher", watcher.run)),

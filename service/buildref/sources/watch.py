@@ -102,32 +102,29 @@ def _identity(directory: str) -> FileId | None:
 
 class RepoWatcher:
     def __init__(self, repositories: tuple[Repository, ...], recorder: RefRecorder,
-                 locks: LockRecorder) -> None:
+                 locks: LockRecorder, observer: BaseObserver) -> None:
+        """``observer``: the service's one watchdog thread, which reports ref and lock file
+        changes from :meth:`run` on (a directory is scheduled only once it is seen to exist:
+        watchdog fails to start a watch of a missing one)."""
         self._repos = {repo.name: repo for repo in repositories}
         self._recorder = recorder
         self._locks = locks
         self._keys: list[Key] = ([("repo", name) for name in self._repos]
                                  + [("lock", os.path.abspath(path)) for path in locks.paths])
         self._dirty: Dirty = asyncio.Queue()
-        self._observer: BaseObserver | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._observer = observer
         self._watched: dict[Key, _Watched] = {}  # touched only by the rescan, one at a time
         self._missing: set[Key] = set()
         self._failures: dict[Key, int] = {}
         self._retries: dict[Key, asyncio.TimerHandle] = {}
         self._log = structlog.get_logger("buildref.watch")
 
-    def watch(self, observer: BaseObserver, loop: asyncio.AbstractEventLoop) -> None:
-        """Have ``observer`` (the service's one watchdog thread) report ref and lock file changes,
-        from :meth:`run` on (a directory is scheduled only once it is seen to exist: watchdog
-        fails to start a watch of a missing one)."""
-        self._observer, self._loop = observer, loop
-
     async def run(self) -> None:
         """Watch and record every configured repository and lock file now, then each one again
         after it changes, after a failed recording (backing off), and after its directory
         reappears. Raises only :class:`IndexLost` (the service must stop)."""
-        await asyncio.to_thread(self._rescan)
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._rescan, loop)
         for key in self._keys:
             self._dirty.put_nowait(key)
         while True:
@@ -138,7 +135,7 @@ class RepoWatcher:
             while not self._dirty.empty():
                 keys.add(self._dirty.get_nowait())
             # watchdog's unschedule joins a thread: not on the loop
-            keys |= await asyncio.to_thread(self._rescan)
+            keys |= await asyncio.to_thread(self._rescan, loop)
             for key in sorted(keys):
                 await self._record(key)
 
@@ -149,11 +146,10 @@ class RepoWatcher:
             return os.path.dirname(name), False
         return git_dir(self._repos[name].path), True
 
-    def _rescan(self) -> set[Key]:
+    def _rescan(self, loop: asyncio.AbstractEventLoop) -> set[Key]:
         """In a thread: drop the watches of directories that vanished or were replaced, then watch
-        every directory that exists and is not watched. Returns the keys watched again (their
-        directory reappeared), to be recorded."""
-        assert self._observer is not None and self._loop is not None, "watch() first"
+        every directory that exists and is not watched (their events go to ``loop``). Returns the
+        keys watched again (their directory reappeared), to be recorded."""
         seen: dict[Key, _Seen] = {}
         for key in self._keys:
             try:
@@ -185,9 +181,9 @@ class RepoWatcher:
                     self._log.error("watched directory not found", kind=key[0], name=key[1], path=directory,
                                     error=found.error, looking_again_every=RESCAN)
                 continue
-            handler: FileSystemEventHandler = (_RefChanges(directory, key, self._loop, self._dirty)
+            handler: FileSystemEventHandler = (_RefChanges(directory, key, loop, self._dirty)
                                                if key[0] == "repo" else
-                                               _FileChanges(key[1], key, self._loop, self._dirty))
+                                               _FileChanges(key[1], key, loop, self._dirty))
             try:
                 watch = self._observer.schedule(handler, directory, recursive=found.recursive)
             except OSError as e:  # vanished since the stat, or out of inotify watches: next time
@@ -227,10 +223,9 @@ class RepoWatcher:
                            sources=result.sources_indexed)
 
     def _failed(self, key: Key, e: Exception) -> None:
-        assert self._loop is not None
         failures = self._failures[key] = self._failures.get(key, 0) + 1
         delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (failures - 1))
-        self._retries[key] = self._loop.call_later(delay, self._dirty.put_nowait, key)
+        self._retries[key] = asyncio.get_running_loop().call_later(delay, self._dirty.put_nowait, key)
         expected = isinstance(e, (BuildrefError, OSError, pygit2.GitError))
         self._log.error("recording failed", kind=key[0], name=key[1], retry_in=delay,
                         error=str(e) if isinstance(e, BuildrefError) else f"{type(e).__name__}: {e}",
