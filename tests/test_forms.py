@@ -12,9 +12,11 @@ from pathlib import Path
 import pygit2
 import pytest
 
+from bigrepo import many_directories
 from buildref.git.forms import EMPTY_TREE, TreeForms, path_form, tree_id
 from buildref.git.source import GitRepository
 from buildref.git.tree_nar import TreeRule
+from buildref.query.lookup import unseen_forms
 from gitrepos import RandomRepo
 from helpers import Nix, git, nix_string
 
@@ -151,3 +153,44 @@ def test_trivial_content_is_not_identifying(tmp_path: Path) -> None:
         assert not path_form(str(path)).identifying, path
     assert path_form(str(own)).identifying and path_form(str(own)).files == 1
     assert path_form(str(empty)).oid == EMPTY_TREE
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_forms_beyond_those_seen_are_all_of_a_revisions_new_ones(tmp_path: Path, seed: int) -> None:
+    """A lookup walking back from a tip asks each ancestor only for the identifying forms not seen
+    yet, entering no directory whose form was seen: exactly what listing every directory gives."""
+    repo = RandomRepo(tmp_path / "repo", seed + 100)
+    revs = repo.build(5)
+    walked, full = GitRepository(str(repo.path)), GitRepository(str(repo.path))
+
+    def identifying(source: GitRepository, rev: str, beyond: set[bytes]) -> set[bytes]:
+        commit = source.resolve(rev)
+        tree, data = commit.tree_id.raw, source.commit_data(commit)
+        return {d.form.oid for rule in TreeRule
+                for d in source.forms.directories(tree, rule, data, beyond=beyond) if d.form.identifying}
+
+    seen = identifying(walked, revs[-1], set())
+    assert seen
+    entered_all = walked.forms.trees_read
+    for rev in reversed(revs[:-1]):
+        before = walked.forms.trees_read
+        new = unseen_forms(walked, rev, seen)
+        assert new == identifying(full, rev, set()) - seen, rev
+        assert walked.forms.trees_read - before <= entered_all  # never more than a whole listing
+        seen |= new
+
+
+def test_an_ancestor_changing_one_file_costs_its_changed_directories(tmp_path: Path) -> None:
+    many_directories(tmp_path / "wide", 2_000, commits=3)
+    source = GitRepository(str(tmp_path / "wide"))
+    tip, parent = (source.resolve(f"main~{n}") for n in (0, 1))
+    seen = {d.form.oid for rule in TreeRule
+            for d in source.forms.directories(tip.tree_id.raw, rule, source.commit_data(tip))
+            if d.form.identifying}
+    assert len(seen) == 2_000 + 20 + 1  # both rules: equal contents, equal forms
+    before = source.forms.trees_read
+    new = unseen_forms(source, str(parent.id), seen)
+    # the root changed ("top"); every directory below it is one the tip had: under each rule the
+    # root and its 20 directories are opened (each opening reads its entries twice), none deeper
+    assert len(new) == 1
+    assert source.forms.trees_read - before <= 2 * 21 * 2 < before / 50

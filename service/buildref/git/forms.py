@@ -23,7 +23,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 from buildref.errors import BadArchive, BuildrefError, Transient, transient
@@ -92,6 +92,10 @@ def distinctive_leaf(name: bytes, oid: bytes) -> bool:
 _Key = tuple[bytes, AttributeStack, bytes]
 
 
+def _always(_: Form) -> bool:
+    return True
+
+
 class TreeForms:
     """Forms of one repository's trees, memoised as the NAR fragments are (by tree id, and under
     export-ignore by the attributes that reach into it; a form with an expanded ``export-subst``
@@ -111,10 +115,19 @@ class TreeForms:
         *_, root = self._walk(tree, rule, inherited, path, commit, None)  # the walk ends with the root
         return root
 
-    def directories(self, tree: bytes, rule: TreeRule, commit: CommitData | None = None) -> list[DirForm]:
-        """The root and every directory Nix has under ``rule`` whose form can be known."""
+    def directories(self, tree: bytes, rule: TreeRule, commit: CommitData | None = None,
+                    beyond: Collection[bytes] = ()) -> list[DirForm]:
+        """The root and every directory Nix has under ``rule`` whose form can be known — except,
+        with ``beyond``, those below a directory whose form is memoised and in ``beyond`` or
+        could name no revision: the caller has them already, when ``beyond`` holds whole
+        revisions' identifying forms (a form fixes every form below it). The next commit's
+        identifying forms beyond its parent's cost its changed directories, not all of them."""
         listed: list[DirForm] = []
-        for _ in self._walk(tree, rule, EMPTY, b"", commit, listed):
+
+        def enter(form: Form) -> bool:
+            return form.distinctive and form.oid not in beyond
+
+        for _ in self._walk(tree, rule, EMPTY, b"", commit, listed, enter if beyond else _always):
             pass
         return listed
 
@@ -215,15 +228,17 @@ class TreeForms:
         return None
 
     def _walk(self, tree: bytes, rule: TreeRule, inherited: AttributeStack, path: bytes,
-              commit: CommitData | None, listing: list[DirForm] | None) -> Iterator[Form]:
+              commit: CommitData | None, listing: list[DirForm] | None,
+              enter: Callable[[Form], bool] | None = None) -> Iterator[Form]:
         """Post-order over the directories below ``tree``, each one's form yielded when done (the
-        root last). With ``listing``, every directory is visited and listed, memoised or not."""
+        root last). A memoised directory is entered only when ``enter`` says so (a listing needs
+        every directory's path); every directory entered is listed in ``listing``."""
         if len(self._memo) > self.MAX_MEMO:
             self._memo.clear()
         stack = [_Frame.open(self, tree, rule, inherited, path, commit)]
         while stack:
             frame = stack[-1]
-            child = frame.next_subtree(self, listing is not None)
+            child = frame.next_subtree(self, enter)
             if child is not None:
                 stack.append(child)
                 continue
@@ -278,10 +293,10 @@ class _Frame:
         frame.entries, frame.rewrites, frame.inherited = forms._entries(tree, rule, inherited, path)
         return frame
 
-    def next_subtree(self, forms: TreeForms, visit_all: bool) -> _Frame | None:
-        """Add leaf entries until reaching a subtree to open (one not memoised, or any when
-        ``visit_all``: a listing needs every directory's path)."""
-        if self.form is not None and not visit_all:
+    def next_subtree(self, forms: TreeForms, enter: Callable[[Form], bool] | None) -> _Frame | None:
+        """Add leaf entries until reaching a subtree to open (one not memoised, or one ``enter``
+        wants entered)."""
+        if self.form is not None and (enter is None or not enter(self.form)):
             return None
         while self.index < len(self.entries):
             entry = self.entries[self.index]
@@ -291,7 +306,7 @@ class _Frame:
                 child_path = self.path + entry.name + b"/"
                 child = _Frame.open(forms, entry.oid, self.rule, self.inherited, child_path,
                                     self.commit, entry.name)
-                if child.form is None or visit_all:
+                if child.form is None or (enter is not None and enter(child.form)):
                     return child
                 self.attach(entry.name, child.form)
             elif self.form is not None:

@@ -110,9 +110,13 @@ def forms_and_places(repo: GitRepository, rev: str) -> tuple[RevisionForms, Plac
 
 
 def unseen_forms(repo: GitRepository, rev: str, seen: set[bytes]) -> set[bytes]:
-    """The identifying forms of ``rev`` not in ``seen``: a revision next to one already looked at
-    shares nearly all its forms, and the same form finds the same builds."""
-    return {d.form.oid for d in revision_forms(repo, rev).directories if d.form.identifying} - seen
+    """The identifying forms of ``rev`` not in ``seen`` (whole revisions' identifying forms): a
+    revision next to one already looked at shares nearly all its forms, and the same form finds
+    the same builds. Directories whose form was seen are not entered again."""
+    commit = repo.resolve(rev)
+    tree, data = commit.tree_id.raw, repo.commit_data(commit)
+    return {d.form.oid for rule in (TreeRule.EXPORT_IGNORE, TreeRule.RAW)
+            for d in repo.forms.directories(tree, rule, data, beyond=seen) if d.form.identifying} - seen
 
 
 def root_digests(repo: GitRepository, forms: RevisionForms) -> Roots:
