@@ -144,7 +144,8 @@ def main() -> None:
         start = time.perf_counter()
         svc.wait_idle()
         backlog = time.perf_counter() - start
-        print(f"{'  then indexing the backlog':<44} {backlog:8.2f} s")
+        print(f"{'  then indexing the backlog':<44} {backlog:8.2f} s   acked and indexed: "
+              f"{args.events / (args.events / rate + backlog):.0f} events/s")
         svc.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

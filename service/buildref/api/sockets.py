@@ -189,9 +189,11 @@ class LineServer:
 
     - A line over :data:`MAX_LINE` gets ``too_long``'s answer and the connection is closed; so is
       a connection idle for ``idle_timeout`` seconds.
-    - Each request runs as a task while the next line is read; with ``cancel_when_gone``, a client
-      that closes its connection before its answer has its request cancelled (work stops when its
-      client goes). A client that only shuts down its writing half still gets its answers.
+    - With ``cancel_when_gone``, each request runs as a task while the next line is read, and a
+      client that closes its connection before its answer has its request cancelled (work stops
+      when its client goes); a client that only shuts down its writing half still gets its
+      answers. Without (the hook socket: an event is committed whoever waits), each line is
+      answered before the next is read.
     - At most ``limits`` connections are open. One over a limit closes the longest-idle connection
       of the same uid (of the uid with most connections, for the total limit) if it has been idle
       for :data:`EVICTABLE_AFTER`; else the new one gets ``refuse``'s line (or none) and is closed
@@ -403,9 +405,12 @@ class LineServer:
                 if kind in (_Read.END, _Read.GONE):
                     return
                 self._set_idle(conn, False)
-                if kind is _Read.LINE:
-                    ahead = asyncio.create_task(_read(reader))
-                reply = await self._request(line, peer, ahead, writer)
+                if not self._cancel_when_gone:  # nothing to watch for meanwhile: the request inline
+                    reply = await self._handle(line, peer)
+                else:
+                    if kind is _Read.LINE:
+                        ahead = asyncio.create_task(_read(reader))
+                    reply = await self._request(line, peer, ahead, writer)
                 if not await self._answer(writer, reply) or kind is _Read.LAST:
                     return
         except (ConnectionError, OSError) as e:
@@ -423,7 +428,7 @@ class LineServer:
         started = time.monotonic()
         handler = asyncio.create_task(self._handle(line, peer))
         try:
-            if ahead is not None and self._cancel_when_gone:
+            if ahead is not None:
                 await asyncio.wait((handler, ahead), return_when=asyncio.FIRST_COMPLETED)
                 if not handler.done():
                     kind, _ = ahead.result()

@@ -18,7 +18,7 @@ from buildref.store.api import (
     TableCounts,
 )
 from buildref.store.rows import CONTENT, content
-from buildref.store.sqlite.database import Database, rows, rows_in
+from buildref.store.sqlite.database import Database, many, rows, rows_in
 
 _CONTENT = CONTENT
 _content = content
@@ -33,14 +33,14 @@ class SqliteBuildIndex:
         drvs = [d for b in builds for d in b.new]
         realised = [r for b in builds for r in b.realised]
         async with self._db.transaction() as conn:
-            await conn.executemany(
+            await many(conn,
                 "INSERT INTO derivations (path, name, system, fixed_mode, fixed_hash, modulo,"
                 " first_seen, rev_hint, path_hint)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO NOTHING",
                 [(d.path, d.name, d.system, d.fixed_mode, d.fixed_hash, d.modulo, now, d.rev_hint,
                   d.path_hint) for d in drvs],
             )
-            await conn.executemany(
+            await many(conn,
                 # a path gone when it was looked at may be back (a fixed output built since)
                 "INSERT INTO contents (path, state) VALUES (?, 'pending')"
                 " ON CONFLICT (path) DO UPDATE SET state = 'pending' WHERE contents.state = 'gone'",
@@ -50,32 +50,32 @@ class SqliteBuildIndex:
                       *(p for d in drvs for p, _ in d.input_drvs), *(r.drv for r in realised)}
             ids: dict[str, int] = dict(await rows_in(conn, "SELECT path, id FROM derivations"
                                                            " WHERE path IN ({marks})", wanted))
-            await conn.executemany(
+            await many(conn,
                 "INSERT INTO outputs (drv_id, name, path) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [(ids[d.path], name, path) for d in drvs for name, path in d.outputs],
             )
-            await conn.executemany(
+            await many(conn,
                 "INSERT INTO drv_inputs (drv_id, input_id, outputs) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [(ids[d.path], ids[p], outs) for d in drvs for p, outs in d.input_drvs],
             )
-            await conn.executemany(
+            await many(conn,
                 "INSERT INTO src_inputs (drv_id, path) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 [(ids[d.path], p) for d in drvs for p in d.input_srcs],
             )
-            await conn.executemany(
+            await many(conn,
                 "UPDATE outputs SET path = ? WHERE drv_id = ? AND name = ? AND path IS NULL",
                 [(r.path, ids[r.drv], r.output) for r in realised],
             )
-            await conn.executemany(
+            await many(conn,
                 "INSERT INTO builds (event_id, drv_id, built_at, builder) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
                 [(b.event_id, ids[b.drv_path], b.built_at, b.builder) for b in builds],
             )
-            await conn.executemany(
+            await many(conn,
                 "INSERT INTO build_outputs (event_id, name, path) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [(b.event_id, name, path) for b in builds for name, path in b.outputs],
             )
-            await conn.executemany("UPDATE events SET state = 'indexed', error = NULL, indexed_at = ?"
+            await many(conn, "UPDATE events SET state = 'indexed', error = NULL, indexed_at = ?"
                                    " WHERE id = ?", [(now, b.event_id) for b in builds])
 
     async def pending_contents(self, limit: int) -> list[str]:
@@ -85,18 +85,18 @@ class SqliteBuildIndex:
 
     async def record_contents(self, contents: Sequence[ContentRecord]) -> None:
         async with self._db.transaction() as conn:
-            await conn.executemany(
+            await many(conn,
                 "UPDATE contents SET state = ?, nar_hash = ?, nar_size = ?, form = ?, files = ?,"
                 " identifying = ?, error = ? WHERE path = ?",
                 [(c.state.value, c.nar_hash, c.nar_size, c.form, c.files, int(c.identifying), c.error, c.path)
                  for c in contents])
             paths = [(c.path,) for c in contents]
-            await conn.executemany("DELETE FROM content_dirs WHERE path = ?", paths)
-            await conn.executemany("DELETE FROM content_samples WHERE path = ?", paths)
-            await conn.executemany("INSERT INTO content_dirs (form, path, subdir) VALUES (?, ?, ?)"
+            await many(conn, "DELETE FROM content_dirs WHERE path = ?", paths)
+            await many(conn, "DELETE FROM content_samples WHERE path = ?", paths)
+            await many(conn, "INSERT INTO content_dirs (form, path, subdir) VALUES (?, ?, ?)"
                                    " ON CONFLICT DO NOTHING",
                                    [(form, c.path, subdir) for c in contents for subdir, form in c.dirs])
-            await conn.executemany("INSERT INTO content_samples (blob, path, file) VALUES (?, ?, ?)"
+            await many(conn, "INSERT INTO content_samples (blob, path, file) VALUES (?, ?, ?)"
                                    " ON CONFLICT DO NOTHING",
                                    [(blob, c.path, file) for c in contents for file, blob in c.samples])
 

@@ -185,8 +185,14 @@ async def _storage(awaitable: Any) -> Any:
 
 
 async def rows(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-    async with conn.execute(sql, params) as cursor:
-        return list(await cursor.fetchall())
+    """The rows of one query, in one trip to the connection's thread."""
+    return list(await conn.execute_fetchall(sql, params))
+
+
+async def many(conn: aiosqlite.Connection, sql: str, params: Sequence[Sequence[Any]]) -> None:
+    """``sql`` for each of ``params``; no trip to the connection's thread for none."""
+    if params:
+        await conn.executemany(sql, params)
 
 
 async def rows_in(conn: aiosqlite.Connection, sql: str, values: Iterable[Any],

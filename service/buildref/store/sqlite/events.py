@@ -10,7 +10,7 @@ import aiosqlite
 
 from buildref.models import Event, EventCounts, EventState
 from buildref.store.api import NewEvent, PendingEvent
-from buildref.store.sqlite.database import CHUNK, Database, rows, rows_in
+from buildref.store.sqlite.database import CHUNK, Database, many, rows, rows_in
 
 _EVENTS_PER_STATEMENT = 500  # 7 parameters each
 _COLUMNS = "id, drv, t, received_at, source, state, error"
@@ -57,7 +57,7 @@ class SqliteEventLog:
     async def indexed(self, event_ids: Sequence[int]) -> None:
         """Mark events indexed whose builds another index holds (a fleet's shared index)."""
         async with self._db.transaction() as conn:
-            await conn.executemany("UPDATE events SET state = 'indexed', error = NULL, indexed_at = ?"
+            await many(conn, "UPDATE events SET state = 'indexed', error = NULL, indexed_at = ?"
                                    " WHERE id = ?", [(time.time(), i) for i in event_ids])
 
 

@@ -19,7 +19,7 @@ from buildref.store.api import (
     TreeRecord,
 )
 from buildref.store.rows import REVISION, TREE, tree
-from buildref.store.sqlite.database import Database, made_in, rows, rows_in
+from buildref.store.sqlite.database import Database, made_in, many, rows, rows_in
 
 _REPOSITORY = "id, name, path, url, recorded_by"
 _REVISION = REVISION
@@ -42,30 +42,30 @@ class SqliteSourceIndex:
                 " recorded_by = excluded.recorded_by",
                 (repo.name, repo.path, repo.url, repo.recorded_by))
             repo_id = (await rows(conn, "SELECT id FROM repositories WHERE name = ?", (repo.name,)))[0][0]
-            await conn.executemany(
+            await many(conn,
                 "INSERT INTO revisions (repo_id, rev, commit_time, root_export_ignore, root_raw)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (repo_id, rev) DO UPDATE SET"
                 " root_export_ignore = excluded.root_export_ignore, root_raw = excluded.root_raw",
                 [(repo_id, r.rev, r.commit_time, r.root_export_ignore, r.root_raw) for r in revisions])
-            await conn.executemany(
+            await many(conn,
                 "INSERT INTO trees (form, raw, nar_hash, nar_size, files, identifying) VALUES (?, ?,"
                 " ?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
                 [(t.form, t.raw, t.nar_hash, t.nar_size, t.files, int(t.identifying)) for t in trees])
-            await conn.executemany("INSERT INTO repo_trees (form, repo_id) VALUES (?, ?)"
+            await many(conn, "INSERT INTO repo_trees (form, repo_id) VALUES (?, ?)"
                                    " ON CONFLICT DO NOTHING", [(form, repo_id) for form in forms])
             # only the revisions this pass names, however long the repository's history
             rev_ids = dict(await rows_in(
                 conn, "SELECT rev, id FROM revisions WHERE repo_id = ? AND rev IN ({marks})",
                 {m.rev for m in moves if m.rev}, [repo_id]))
-            await conn.executemany(
+            await many(conn,
                 "INSERT INTO ref_moves (repo_id, ref, rev_id, seen_at) VALUES (?, ?, ?, ?)",
                 [(repo_id, m.ref, rev_ids[m.rev] if m.rev else None, now) for m in moves])
 
     async def replace_lock(self, lock_file: str, inputs: Sequence[LockRecord]) -> None:
         async with self._db.transaction() as conn:
             await conn.execute("DELETE FROM locked_inputs WHERE lock_file = ?", (lock_file,))
-            await conn.executemany(
+            await many(conn,
                 "INSERT INTO locked_inputs (lock_file, input, type, location, ref, rev, nar_hash, store_path)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(lock_file, i.input, i.type, i.location, i.ref, i.rev, i.nar_hash, i.store_path)

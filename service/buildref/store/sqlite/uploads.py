@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from buildref.store.api import UploadCounts, UploadItem
-from buildref.store.sqlite.database import Database, rows
+from buildref.store.sqlite.database import Database, many, rows
 
 _WAITING = "state IN ('pending', 'failed')"
 
@@ -18,7 +18,7 @@ class SqliteUploadQueue:
         if not paths:
             return
         async with self._db.transaction() as conn:
-            await conn.executemany(
+            await many(conn,
                 "INSERT INTO uploads (path, state, due, queued_at) VALUES (?, 'pending', ?, ?)"
                 # copied or dropped before and built again: copy again (a dropped path is back)
                 " ON CONFLICT (path) DO UPDATE SET state = 'pending', attempts = 0, due = excluded.due,"
@@ -38,20 +38,20 @@ class SqliteUploadQueue:
 
     async def done(self, paths: Collection[str], now: float) -> None:
         async with self._db.transaction() as conn:
-            await conn.executemany("UPDATE uploads SET state = 'done', finished_at = ?, error = NULL"
+            await many(conn, "UPDATE uploads SET state = 'done', finished_at = ?, error = NULL"
                                    " WHERE path = ?", [(now, path) for path in paths])
 
     async def failed(self, retries: Mapping[str, tuple[int, float]], error: str, now: float,
                      alone: bool) -> None:
         state = "failed" if alone else "pending"  # a path of a failed batch is only to be tried alone
         async with self._db.transaction() as conn:
-            await conn.executemany(
+            await many(conn,
                 "UPDATE uploads SET state = ?, attempts = ?, due = ?, error = ? WHERE path = ?",
                 [(state, attempts, due, error, path) for path, (attempts, due) in retries.items()])
 
     async def dropped(self, paths: Collection[str], now: float) -> None:
         async with self._db.transaction() as conn:
-            await conn.executemany("UPDATE uploads SET state = 'dropped', finished_at = ? WHERE path = ?",
+            await many(conn, "UPDATE uploads SET state = 'dropped', finished_at = ? WHERE path = ?",
                                    [(now, path) for path in paths])
 
     async def counts(self) -> UploadCounts:
