@@ -8,10 +8,11 @@ whether or not it was ever a ref's tip; arrival order does not matter."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -140,33 +141,50 @@ async def _revision(ctx: QueryContext, reader_info: RepositoryInfo, repo: Reposi
             roots = await ctx.git.run(repo, partial(root_digests, forms=forms))
         return Revision(rev, forms, roots, places)
     async with ctx.store.reading() as reader:
-        recorded = (await reader.sources.revisions(reader_info.id, [rev])).get(rev)
-        if recorded is None:
-            return Revision(rev, None, {})
-        pairs = {TreeRule.EXPORT_IGNORE: recorded.root_export_ignore, TreeRule.RAW: recorded.root_raw}
-        known = await reader.sources.trees([f for f in pairs.values() if f])
+        return await recorded_revision(reader, reader_info, rev)
+
+
+async def recorded_revision(reader: Reader, info: RepositoryInfo, rev: str) -> Revision:
+    """What the index recorded of ``rev`` (its roots' forms and NAR hashes), for a repository not
+    at hand."""
+    recorded = (await reader.sources.revisions(info.id, [rev])).get(rev)
+    if recorded is None:
+        return Revision(rev, None, {})
+    pairs = {TreeRule.EXPORT_IGNORE: recorded.root_export_ignore, TreeRule.RAW: recorded.root_raw}
+    known = await reader.sources.trees([f for f in pairs.values() if f])
     return Revision(rev, None, {r: (f, known[f].nar_hash if f in known else None) for r, f in pairs.items()})
 
 
+@contextlib.asynccontextmanager
+async def _within(ctx: QueryContext, reader: Reader | None) -> AsyncIterator[Reader]:
+    """``reader`` (a snapshot the caller holds), or a snapshot of its own."""
+    if reader is not None:
+        yield reader
+        return
+    async with ctx.store.reading() as fresh:
+        yield fresh
+
+
 async def join(ctx: QueryContext, info: RepositoryInfo, repo: Repository | None, revision: Revision,
-               direct: bool, name_glob: str | None) -> Joined:
+               direct: bool, name_glob: str | None, reader: Reader | None = None) -> Joined:
     """The builds that used the revision's content — exactly (a form), partly (a subset or a
     superset of its files), or as one file a flat fixed output names — and the sources that link
-    them."""
+    them. Asked in ``reader``'s snapshot when given (no git work then: ``repo`` is None), else in
+    one snapshot before the git work and one after."""
     where = revision.places
     if revision.forms is None:  # only the roots, as recorded
         where = {}
         for rule, (form, _) in revision.roots.items():
             if form is not None:
                 where.setdefault(form, []).append(("", rule))
-    async with ctx.store.reading() as reader:
-        trees = await reader.sources.trees(where)
+    async with _within(ctx, reader) as snapshot:
+        trees = await snapshot.sources.trees(where)
         hashes = {nar for _, nar in revision.roots.values() if nar} | {t.nar_hash for t in trees.values()}
-        contents = await reader.builds.contents_with_forms(where)
+        contents = await snapshot.builds.contents_with_forms(where)
         # sources too large for a form are known by their NAR hash alone
-        contents += [c for c in await reader.builds.contents_with_hashes(hashes) if c.form is None]
-        vendored = await reader.builds.contents_with_dirs(where)
-        flat = await reader.builds.flat_fixed(revision.rev)
+        contents += [c for c in await snapshot.builds.contents_with_hashes(hashes) if c.form is None]
+        vendored = await snapshot.builds.contents_with_dirs(where)
+        flat = await snapshot.builds.flat_fixed(revision.rev)
     sources = _sources(info, revision, where, contents, ctx.store_dir)
     by = recorded_by(info)
     # the revision's whole tree inside a larger source (a submodule filled in, a vendored copy); a
@@ -188,8 +206,8 @@ async def join(ctx: QueryContext, info: RepositoryInfo, repo: Repository | None,
             if source is not None:
                 sources.append(replace(source, recorded_by=by))
                 drv_ids.add(item.drv_id)
-    async with ctx.store.reading() as reader:
-        builds = await builds_using(reader, paths, hashes, direct, name_glob, drv_ids)
+    async with _within(ctx, reader) as snapshot:
+        builds = await builds_using(snapshot, paths, hashes, direct, name_glob, drv_ids)
     return Joined(tuple(sources), builds)
 
 
@@ -320,8 +338,12 @@ async def lookup(ctx: QueryContext, p: LookupParams) -> Lookup:
         info = await recorded_repository(ctx, reader, p.repo)
         repo = at_hand(ctx, info)
         ref_name, rev = await _resolve(ctx, reader, info, repo, p.ref, p.at)
-    revision = await _revision(ctx, info, repo, rev)
-    joined = await join(ctx, info, repo, revision, p.direct, p.name)
+        if repo is None:  # all of it from the index: one snapshot, no git work in between
+            revision = await recorded_revision(reader, info, rev)
+            joined = await join(ctx, info, None, revision, p.direct, p.name, reader)
+    if repo is not None:
+        revision = await _revision(ctx, info, repo, rev)
+        joined = await join(ctx, info, repo, revision, p.direct, p.name)
     fallback = None
     builds = await in_caches(ctx, joined.builds, p.cached)
     if not builds and repo is not None:
