@@ -3,6 +3,8 @@ whole commands."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import statistics
 import subprocess
 import sys
@@ -54,3 +56,14 @@ def timed(argv: Sequence[str], env: dict[str, str] | None = None,
 def report(label: str, ours: float, reference: float, reference_name: str) -> None:
     print(f"{label:<42} buildref {ours * 1000:8.1f} ms   {reference_name} {reference * 1000:8.1f} ms"
           f"   ratio {ours / reference:5.2f}")
+
+
+async def hook_event(hook_socket: str, drv: str, t: float) -> None:
+    """One event sent as the hook sends it (a connection of its own), answered ``ok``."""
+    reader, writer = await asyncio.open_unix_connection(hook_socket)
+    writer.write(json.dumps({"v": 1, "drv": drv, "outs": [], "t": t}).encode() + b"\n")
+    answer = await reader.readline()
+    if answer != b"ok\n":
+        raise SystemExit(f"service answered {answer!r}")
+    writer.close()
+    await writer.wait_closed()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from buildref.store.postgres import PgIndex
-from common import nix_env, run
+from common import hook_event, nix_env, run
 from pgserver import PostgresServer
 from servicectl import ServiceProcess
 
@@ -56,14 +55,7 @@ async def send(services: list[ServiceProcess], drvs: list[str], per_service: int
 
     async def client() -> None:
         for svc, i in work:
-            reader, writer = await asyncio.open_unix_connection(str(svc.hook_socket))
-            event = {"v": 1, "drv": drvs[i % len(drvs)], "outs": [], "t": offset + i * 1e-3}
-            writer.write(json.dumps(event).encode() + b"\n")
-            answer = await reader.readline()
-            if answer != b"ok\n":
-                raise SystemExit(f"service answered {answer!r}")
-            writer.close()
-            await writer.wait_closed()
+            await hook_event(str(svc.hook_socket), drvs[i % len(drvs)], offset + i * 1e-3)
 
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))

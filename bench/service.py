@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import statistics
@@ -26,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import nix_env, run, start_service, timed
+from common import hook_event, nix_env, run, start_service, timed
 from drv_show import expression
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,14 +62,7 @@ async def _protocol_rate(hook_socket: str, drvs: list[str], n: int) -> float:
 
     async def client() -> None:
         for i in counter:
-            reader, writer = await asyncio.open_unix_connection(hook_socket)
-            line = json.dumps({"v": 1, "drv": drvs[i % len(drvs)], "outs": [], "t": time.time() + i * 1e-6})
-            writer.write(line.encode() + b"\n")
-            answer = await reader.readline()
-            if answer != b"ok\n":
-                raise SystemExit(f"service answered {answer!r}")
-            writer.close()
-            await writer.wait_closed()
+            await hook_event(hook_socket, drvs[i % len(drvs)], time.time() + i * 1e-6)
 
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(CONCURRENCY)))

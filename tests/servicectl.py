@@ -48,14 +48,30 @@ class ServiceProcess:
 
     # -- life cycle
 
+    @property
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "buildref", "serve", "--config", str(self.config)]
+
     def start(self, wait: bool = True, **popen: Any) -> ServiceProcess:
         log = self.log.open("ab")
-        argv = [sys.executable, "-m", "buildref", "serve", "--config", str(self.config)]
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, **popen)
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, **popen)
         log.close()
         if wait:
             self.wait_ready()
         return self
+
+    def refused_start(self, timeout: float = 15) -> tuple[int, str]:
+        """``serve`` run to its exit, as one that refuses to start: (exit status, standard error).
+        One still running after ``timeout`` seconds is killed and raises AssertionError."""
+        proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            text = err.decode(errors="replace")
+            raise AssertionError(f"still running after {timeout:.0f} s:\n{text}") from None
+        return proc.returncode, err.decode(errors="replace")
 
     def wait_ready(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout

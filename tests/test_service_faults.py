@@ -200,7 +200,7 @@ def test_socket_activation_sd_notify_and_sigterm_drain(nix: Nix, system: str, tm
         fds = [s.fileno() for s in sockets]
         env = {**os.environ, "LISTEN_FDS": "2", "LISTEN_FDNAMES": "hook:query",
                "NOTIFY_SOCKET": str(notify_path)}
-        argv = [sys.executable, "-m", "buildref", "serve", "--config", str(svc.config)]
+        argv = svc.argv
         log = svc.log.open("ab")
         # systemd's part after fork: the sockets become fds 3 and 4, LISTEN_PID the pid that execs
         launcher = ("import os, sys\n"

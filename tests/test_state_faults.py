@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -144,16 +143,8 @@ def test_a_damaged_index_stops_the_start_with_one_error_line(tmp_path: Path) -> 
         try:
             svc.db_path.parent.mkdir(parents=True)
             damage(svc.db_path)
-            argv = [sys.executable, "-m", "buildref", "serve", "--config", str(svc.config)]
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            try:
-                _, err_bytes = proc.communicate(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err_bytes = proc.communicate()
-                pytest.fail(f"{name}: still running after 15 s:\n{err_bytes.decode(errors='replace')}")
-            err = err_bytes.decode(errors="replace")
-            assert proc.returncode == 1, (name, err)
+            status, err = svc.refused_start()
+            assert status == 1, (name, err)
             assert "Traceback" not in err, (name, err)
             assert plain_lines(err) == [f"error: cannot open the index {svc.db_path}: {said}"], (name, err)
             assert not svc.hook_socket.exists()  # it never served
@@ -210,16 +201,8 @@ def test_a_second_service_on_the_same_state_directory_refuses_to_start(tmp_path:
     first = ServiceProcess().start()
     second = ServiceProcess(state_dir=str(first.base / "state"))
     try:
-        argv = [sys.executable, "-m", "buildref", "serve", "--config", str(second.config)]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            _, err_bytes = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            pytest.fail("the second service is running on the first one's state directory")
-        err = err_bytes.decode(errors="replace")
-        assert proc.returncode == 1 and "Traceback" not in err, err
+        status, err = second.refused_start()  # raises if it runs on the first one's state directory
+        assert status == 1 and "Traceback" not in err, err
         assert first.proc is not None
         assert plain_lines(err) == [f"error: another buildref serve (pid {first.proc.pid}) is using the "
                                     f"state directory {first.base / 'state'}: stop it, or give this one "

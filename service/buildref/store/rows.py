@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from buildref.models import Build, DerivationInfo, FixedOutput
 from buildref.store.api import ContentRecord, ContentState, TreeRecord
 
 TREE = "form, raw, nar_hash, nar_size, files, identifying"
@@ -20,3 +21,19 @@ def tree(row: Any) -> TreeRecord:
 def content(row: Any) -> ContentRecord:
     path, state, nar_hash, nar_size, form, files, identifying, error = row
     return ContentRecord(path, ContentState(state), nar_hash, nar_size, form, files, bool(identifying), error)
+
+
+def derivation_info(path: str, head: Any, outputs: dict[str, str | None], inputs: list[Any], srcs: list[Any],
+                    built: list[Any], build_outputs: dict[int, Any]) -> DerivationInfo:
+    """A derivation from its row (``name, system, fixed_mode, fixed_hash``), its outputs, its
+    inputs' (path, outputs) rows, its source rows, and its builds' (id, built_at, builder) rows
+    newest first with their outputs by build id."""
+    name, system, mode, fixed_hash = head
+    return DerivationInfo(
+        drv_path=path, name=name, system=system,
+        fixed=FixedOutput(mode, fixed_hash) if mode else None,
+        outputs=outputs,
+        input_drvs={p: tuple(outs.split()) for p, outs in inputs},
+        input_srcs=tuple(p for (p,) in srcs),
+        builds=tuple(Build(path, name, system, at, build_outputs[i], builder) for i, at, builder in built),
+    )

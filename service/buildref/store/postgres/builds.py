@@ -8,7 +8,7 @@ import time
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from buildref.models import Build, DerivationInfo, FixedOutput
+from buildref.models import Build, DerivationInfo
 from buildref.store.api import (
     BuildRecord,
     BuiltOutput,
@@ -20,10 +20,7 @@ from buildref.store.api import (
     TableCounts,
 )
 from buildref.store.postgres.database import Conn, PgDatabase, Snapshot
-from buildref.store.rows import CONTENT, content
-
-_CONTENT = CONTENT
-_content = content
+from buildref.store.rows import CONTENT, content, derivation_info
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -252,19 +249,19 @@ class PgBuildQueries:
         return {i: d for i, d in found}
 
     async def contents(self, paths: Collection[str]) -> dict[str, ContentRecord]:
-        found = await self._conn.fetch(f"SELECT {_CONTENT} FROM contents WHERE path = ANY($1::text[])",
+        found = await self._conn.fetch(f"SELECT {CONTENT} FROM contents WHERE path = ANY($1::text[])",
                                        list(paths))
-        return {row[0]: _content(row) for row in found}
+        return {row[0]: content(row) for row in found}
 
     async def contents_with_forms(self, forms: Collection[bytes]) -> list[ContentRecord]:
-        found = await self._conn.fetch(f"SELECT {_CONTENT} FROM contents WHERE form = ANY($1::bytea[])"
+        found = await self._conn.fetch(f"SELECT {CONTENT} FROM contents WHERE form = ANY($1::bytea[])"
                                        " AND identifying", list(forms))
-        return [_content(row) for row in found]
+        return [content(row) for row in found]
 
     async def contents_with_hashes(self, nar_hashes: Collection[str]) -> list[ContentRecord]:
-        found = await self._conn.fetch(f"SELECT {_CONTENT} FROM contents WHERE nar_hash = ANY($1::text[])",
+        found = await self._conn.fetch(f"SELECT {CONTENT} FROM contents WHERE nar_hash = ANY($1::text[])",
                                        list(nar_hashes))
-        return [_content(row) for row in found]
+        return [content(row) for row in found]
 
     async def contents_with_dirs(self, forms: Collection[bytes]) -> list[tuple[str, str, bytes]]:
         found = await self._conn.fetch("SELECT path, subdir, form FROM content_dirs"
@@ -318,15 +315,8 @@ class PgBuildQueries:
         built = await self._conn.fetch("SELECT id, built_at, builder FROM builds WHERE drv_id = $1"
                                        " ORDER BY built_at DESC, id DESC", drv_id)
         build_outputs = await self._outputs_of(i for i, _, _ in built)
-        return DerivationInfo(
-            drv_path=path, name=name, system=system,
-            fixed=FixedOutput(mode, fixed_hash) if mode else None,
-            outputs=outputs,
-            input_drvs={p: tuple(outs.split()) for p, outs in inputs},
-            input_srcs=tuple(p for (p,) in srcs),
-            builds=tuple(Build(path, name, system, at, build_outputs[i], builder)
-                         for i, at, builder in built),
-        )
+        return derivation_info(path, (name, system, mode, fixed_hash), outputs, inputs, srcs, built,
+                               build_outputs)
 
     async def table_counts(self) -> TableCounts:
         row = await self._conn.fetchrow("SELECT (SELECT count(*) FROM derivations),"

@@ -23,9 +23,6 @@ from buildref.store.postgres.database import Conn, PgDatabase, Snapshot
 from buildref.store.rows import REVISION, TREE, tree
 
 _REPOSITORY = "id, name, path, url, recorded_by, builder"
-_REVISION = REVISION
-_TREE = TREE
-_tree = tree
 
 
 async def _lock(conn: Conn, what: str) -> None:
@@ -132,14 +129,14 @@ class PgSourceQueries:
         return {ref: rev for ref, rev in found}
 
     async def revisions(self, repo_id: int, revs: Collection[str]) -> dict[str, RevisionInfo]:
-        found = await self._conn.fetch(f"SELECT {_REVISION} FROM revisions"
+        found = await self._conn.fetch(f"SELECT {REVISION} FROM revisions"
                                        " WHERE repo_id = $1 AND rev = ANY($2::text[])", repo_id, list(revs))
         return {row[2]: RevisionInfo(*row) for row in found}
 
     async def revisions_with_roots(self, forms: Collection[bytes]) -> list[RevisionInfo]:
         found = await self._conn.fetch(
-            f"SELECT {_REVISION} FROM revisions WHERE root_export_ignore = ANY($1::bytea[])"
-            f" UNION SELECT {_REVISION} FROM revisions WHERE root_raw = ANY($1::bytea[]) ORDER BY 1",
+            f"SELECT {REVISION} FROM revisions WHERE root_export_ignore = ANY($1::bytea[])"
+            f" UNION SELECT {REVISION} FROM revisions WHERE root_raw = ANY($1::bytea[]) ORDER BY 1",
             list(forms))
         return [RevisionInfo(*row) for row in found]
 
@@ -158,13 +155,13 @@ class PgSourceQueries:
         return [rev for (rev,) in found]
 
     async def trees(self, forms: Collection[bytes]) -> dict[bytes, TreeRecord]:
-        found = await self._conn.fetch(f"SELECT {_TREE} FROM trees WHERE form = ANY($1::bytea[])",
+        found = await self._conn.fetch(f"SELECT {TREE} FROM trees WHERE form = ANY($1::bytea[])",
                                        list(forms))
-        return {row[0]: _tree(row) for row in found}
+        return {row[0]: tree(row) for row in found}
 
     async def trees_with_hash(self, nar_hash: str) -> list[TreeRecord]:
-        found = await self._conn.fetch(f"SELECT {_TREE} FROM trees WHERE nar_hash = $1", nar_hash)
-        return [_tree(row) for row in found]
+        found = await self._conn.fetch(f"SELECT {TREE} FROM trees WHERE nar_hash = $1", nar_hash)
+        return [tree(row) for row in found]
 
     async def repository_forms(self, repo_id: int) -> list[bytes]:
         return [form for (form,) in await self._conn.fetch("SELECT form FROM repo_trees WHERE repo_id = $1",

@@ -7,7 +7,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 import aiosqlite
 
-from buildref.models import Build, DerivationInfo, FixedOutput
+from buildref.models import Build, DerivationInfo
 from buildref.store.api import (
     BuildRecord,
     BuiltOutput,
@@ -17,11 +17,8 @@ from buildref.store.api import (
     IndexedBuild,
     TableCounts,
 )
-from buildref.store.rows import CONTENT, content
+from buildref.store.rows import CONTENT, content, derivation_info
 from buildref.store.sqlite.database import Database, many, rows, rows_in
-
-_CONTENT = CONTENT
-_content = content
 
 
 class SqliteBuildIndex:
@@ -193,18 +190,18 @@ class SqliteBuildQueries:
         return dict(found)
 
     async def contents(self, paths: Collection[str]) -> dict[str, ContentRecord]:
-        found = await rows_in(self._conn, f"SELECT {_CONTENT} FROM contents WHERE path IN ({{marks}})", paths)
-        return {row[0]: _content(row) for row in found}
+        found = await rows_in(self._conn, f"SELECT {CONTENT} FROM contents WHERE path IN ({{marks}})", paths)
+        return {row[0]: content(row) for row in found}
 
     async def contents_with_forms(self, forms: Collection[bytes]) -> list[ContentRecord]:
-        found = await rows_in(self._conn, f"SELECT {_CONTENT} FROM contents WHERE form IN ({{marks}})"
+        found = await rows_in(self._conn, f"SELECT {CONTENT} FROM contents WHERE form IN ({{marks}})"
                                           " AND identifying = 1", forms)
-        return [_content(row) for row in found]
+        return [content(row) for row in found]
 
     async def contents_with_hashes(self, nar_hashes: Collection[str]) -> list[ContentRecord]:
-        found = await rows_in(self._conn, f"SELECT {_CONTENT} FROM contents WHERE nar_hash IN ({{marks}})",
+        found = await rows_in(self._conn, f"SELECT {CONTENT} FROM contents WHERE nar_hash IN ({{marks}})",
                               nar_hashes)
-        return [_content(row) for row in found]
+        return [content(row) for row in found]
 
     async def contents_with_dirs(self, forms: Collection[bytes]) -> list[tuple[str, str, bytes]]:
         found = await rows_in(self._conn, "SELECT path, subdir, form FROM content_dirs"
@@ -255,15 +252,8 @@ class SqliteBuildQueries:
         built = await rows(self._conn, "SELECT event_id, built_at, builder FROM builds WHERE drv_id = ?"
                                        " ORDER BY built_at DESC, event_id DESC", (drv_id,))
         build_outputs = await self._outputs_of(event_id for event_id, _, _ in built)
-        return DerivationInfo(
-            drv_path=path, name=name, system=system,
-            fixed=FixedOutput(mode, fixed_hash) if mode else None,
-            outputs=outputs,
-            input_drvs={p: tuple(outs.split()) for p, outs in inputs},
-            input_srcs=tuple(p for (p,) in srcs),
-            builds=tuple(Build(path, name, system, at, build_outputs[event_id], builder)
-                         for event_id, at, builder in built),
-        )
+        return derivation_info(path, (name, system, mode, fixed_hash), outputs, inputs, srcs, built,
+                               build_outputs)
 
     async def table_counts(self) -> TableCounts:
         counts = [(await rows(self._conn, f"SELECT count(*) FROM {table}"))[0][0]  # fixed names

@@ -22,9 +22,6 @@ from buildref.store.rows import REVISION, TREE, tree
 from buildref.store.sqlite.database import Database, made_in, many, rows, rows_in
 
 _REPOSITORY = "id, name, path, url, recorded_by"
-_REVISION = REVISION
-_TREE = TREE
-_tree = tree
 
 
 class SqliteSourceIndex:
@@ -100,14 +97,14 @@ class SqliteSourceQueries:
             " WHERE m.id IN (SELECT max(id) FROM ref_moves WHERE repo_id = ? GROUP BY ref)", (repo_id,)))
 
     async def revisions(self, repo_id: int, revs: Collection[str]) -> dict[str, RevisionInfo]:
-        found = await rows_in(self._conn, f"SELECT {_REVISION} FROM revisions"
+        found = await rows_in(self._conn, f"SELECT {REVISION} FROM revisions"
                                           " WHERE repo_id = ? AND rev IN ({marks})", revs, [repo_id])
         return {row[2]: RevisionInfo(*row) for row in found}
 
     async def revisions_with_roots(self, forms: Collection[bytes]) -> list[RevisionInfo]:
         found: dict[int, RevisionInfo] = {}
         for column in ("root_export_ignore", "root_raw"):  # fixed names, never input
-            sql = f"SELECT {_REVISION} FROM revisions WHERE {column} IN ({{marks}})"
+            sql = f"SELECT {REVISION} FROM revisions WHERE {column} IN ({{marks}})"
             for row in await rows_in(self._conn, sql, forms):
                 found[row[0]] = RevisionInfo(*row)
         return [found[i] for i in sorted(found)]
@@ -129,12 +126,12 @@ class SqliteSourceQueries:
         return [rev for (rev,) in found]
 
     async def trees(self, forms: Collection[bytes]) -> dict[bytes, TreeRecord]:
-        sql = f"SELECT {_TREE} FROM trees WHERE form IN ({{marks}})"
-        found = await made_in(self._conn, sql, forms, _tree)
+        sql = f"SELECT {TREE} FROM trees WHERE form IN ({{marks}})"
+        found = await made_in(self._conn, sql, forms, tree)
         return {t.form: t for t in found}
 
     async def trees_with_hash(self, nar_hash: str) -> list[TreeRecord]:
-        return [_tree(row) for row in await rows(self._conn, f"SELECT {_TREE} FROM trees WHERE nar_hash = ?",
+        return [tree(row) for row in await rows(self._conn, f"SELECT {TREE} FROM trees WHERE nar_hash = ?",
                                                  (nar_hash,))]
 
     async def repository_forms(self, repo_id: int) -> list[bytes]:
