@@ -72,11 +72,6 @@ def relate(copy: Files, revision: Files, tracked: Callable[[bytes], bool] = lamb
     return None
 
 
-def under(files: Files, prefix: str) -> dict[str, tuple[bytes, bytes]]:
-    """The files of directory ``prefix`` ("" or ending in "/"), relative to it."""
-    return {p[len(prefix):]: v for p, v in files.items() if p.startswith(prefix)}
-
-
 def prefixes(samples: Iterable[tuple[str, bytes]], files: Files) -> list[str]:
     """Directories of ``files`` where sampled files sit at their own relative paths, the most
     often first: where a copy of a directory (or of the root, "") can be compared."""
@@ -146,8 +141,6 @@ def find_partial(repo: GitRepository, history: History, copy: Files, samples: li
             break
         for prefix in places:
             hits = sum(at(root, prefix + f) == b for f, b in present)
-            if not hits:
-                continue
             if hits:
                 scored.append((hits, commit_time, commit, root, prefix))
     scored.sort(key=lambda s: (-s[0], -s[1]))

@@ -13,7 +13,7 @@ from buildref.cache import CacheClient, CachePresence, Presence
 from buildref.errors import BuildrefError
 from buildref.models import Build
 from buildref.nix.hashes import Hash, HashAlgo
-from buildref.store.api import Reader
+from buildref.store.api import Reader, Store
 
 B = TypeVar("B", bound=Build)
 
@@ -33,25 +33,29 @@ class CacheView:
         if self._client is not None:
             self._client.forget(paths)
 
-    async def annotate(self, reader: Reader, builds: Sequence[B]) -> list[B]:
-        """``builds`` with ``caches`` and ``cachesUnknown`` filled in."""
+    async def annotate(self, store: Store, builds: Sequence[B]) -> list[B]:
+        """``builds`` with ``caches`` and ``cachesUnknown`` filled in. The index is read in a
+        snapshot of its own, ended before the caches are asked: a slow cache holds no reader."""
         if self._client is None or not builds:
             return list(builds)
         head, tail = builds[:PROBED_BUILDS], builds[PROBED_BUILDS:]
         paths = sorted({p for b in head for p in b.outputs.values()})
-        known = await known_hashes(reader, paths)
-        answers = await self._client.presence([(p, known.get(p)) for p in paths])
+        answers = await self._presence(store, paths)
         everyone = tuple(a.url for a in answers)
         return [*(_with(b, answers) for b in head),
                 *(dataclasses.replace(b, caches=(), caches_unknown=everyone) for b in tail)]
 
-    async def of_paths(self, reader: Reader, paths: Sequence[str]) -> Held:
+    async def of_paths(self, store: Store, paths: Sequence[str]) -> Held:
         """(caches holding every one of ``paths``, caches that cannot say now)."""
         if self._client is None or not paths:
             return (), ()
-        known = await known_hashes(reader, paths)
-        answers = await self._client.presence([(p, known.get(p)) for p in paths])
-        return _holding(answers, paths)
+        return _holding(await self._presence(store, paths), paths)
+
+    async def _presence(self, store: Store, paths: Sequence[str]) -> Sequence[CachePresence]:
+        assert self._client is not None  # the callers' first check
+        async with store.reading() as reader:
+            known = await known_hashes(reader, paths)
+        return await self._client.presence([(p, known.get(p)) for p in paths])
 
 
 async def known_hashes(reader: Reader, paths: Sequence[str]) -> dict[str, Hash]:

@@ -42,7 +42,7 @@ async def recorded_repository(ctx: QueryContext, reader: Reader, spec: str) -> R
     # by names alone, never by looking at the path: whether another user's path exists or is
     # readable is not for the query socket to tell
     name = ctx.repositories.index_name(spec)
-    info = await reader.sources.repository(name)
+    info = await reader.sources.repository(name) if name != spec else None
     if info is None:
         configured = ctx.repositories.named(spec)
         if configured is not None:

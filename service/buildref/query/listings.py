@@ -6,7 +6,7 @@ from buildref.errors import BadStorePath, NotFound, quoted
 from buildref.models import Build, BuildsParams, DerivationInfo, Event, EventsParams, MatchedBuild, RefMove
 from buildref.nix.storepath import MAX_BASE_NAME, StorePath
 from buildref.query.context import QueryContext, recorded_repository
-from buildref.query.lookup import MAX_DISTANCE, matched
+from buildref.query.lookup import builds_using
 
 
 async def repository_builds(ctx: QueryContext, spec: str, since: float, limit: int) -> list[MatchedBuild]:
@@ -16,19 +16,17 @@ async def repository_builds(ctx: QueryContext, spec: str, since: float, limit: i
         forms = await reader.sources.repository_forms(info.id)
         contents = await reader.builds.contents_with_forms(forms)
         hashes = {t.nar_hash for t in (await reader.sources.trees(forms)).values()}
-        distance = await reader.builds.derivations_using({c.path for c in contents}, hashes, MAX_DISTANCE)
-        found = await reader.builds.newest_builds(distance)
-    builds = [matched(f, distance[f.drv_id]) for f in found if f.build.built_at >= since]
-    builds.sort(key=lambda b: -b.built_at)
-    async with ctx.store.reading() as reader:
-        return await ctx.caches.annotate(reader, builds[:limit])
+        found = await builds_using(reader, {c.path for c in contents}, hashes, False, None)
+    builds = sorted((b for b in found if b.built_at >= since), key=lambda b: -b.built_at)
+    return await ctx.caches.annotate(ctx.store, builds[:limit])
 
 
 async def builds(ctx: QueryContext, p: BuildsParams) -> list[Build] | list[MatchedBuild]:
     if p.repo is not None:
         return await repository_builds(ctx, p.repo, p.since, p.limit)
     async with ctx.store.reading() as reader:
-        return await ctx.caches.annotate(reader, await reader.builds.recent(p.since, p.limit))
+        recent = await reader.builds.recent(p.since, p.limit)
+    return await ctx.caches.annotate(ctx.store, recent)
 
 
 async def events(ctx: QueryContext, p: EventsParams) -> list[Event]:

@@ -356,8 +356,7 @@ async def in_caches(ctx: QueryContext, builds: list[MatchedBuild], cached: bool)
     """``builds`` with the configured caches that hold them; with ``cached``, only those in the
     local store or in a configured cache."""
     if ctx.caches.configured and builds:
-        async with ctx.store.reading() as reader:
-            builds = await ctx.caches.annotate(reader, builds)
+        builds = await ctx.caches.annotate(ctx.store, builds)
     return [b for b in builds if b.valid or b.caches] if cached else builds
 
 

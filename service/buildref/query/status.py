@@ -36,6 +36,7 @@ async def status(store: Store, activity: Activity, spool_dir: str) -> Status:
     """The inbox's part always (it is local); the index's part when it can be read (a fleet's
     shared index may be away: its counts are then -1, and ``indexLag`` says why)."""
     error = activity.index_error
+    spool_files = len(await asyncio.to_thread(spooled, spool_dir))  # a directory listing: not on the loop
     upload = None
     if activity.upload_to is not None:  # this machine's queue, whatever the index
         queue = await store.uploads.counts()
@@ -65,7 +66,7 @@ async def status(store: Store, activity: Activity, spool_dir: str) -> Status:
         queue_depth=activity.queued + counts.pending,
         events=counts,
         since_start=SinceStart(activity.received, activity.indexed, activity.failed, activity.commit_groups),
-        spool_files=len(spooled(spool_dir)),
+        spool_files=spool_files,
         last_event=last,
         database=DatabaseInfo(store.location, store.size(), shown.derivations, shown.outputs, shown.builds),
         contents_pending=backlog,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -22,7 +22,7 @@ from buildref.nix.nar import hash_path
 from buildref.nix.storepath import MAX_BASE_NAME
 from buildref.query.context import GIT_BUDGET, QueryContext, at_hand, recorded_by, searchable
 from buildref.query.lookup import builds_using, flat_file, manifest, partial_source
-from buildref.store.api import ClosureItem, FlatFixed, Reader, RepositoryInfo
+from buildref.store.api import ClosureItem, ContentRecord, FlatFixed, Reader, RepositoryInfo
 
 PLACES = 5  # commits named per source and repository, newest first
 INSIDE = 50  # directories of one source looked for as revisions' trees
@@ -60,7 +60,7 @@ async def why(ctx: QueryContext, what: str) -> Why:
                     if c.identifying or c.form is None]
         repositories = await searchable(ctx, reader)
         builds = await builds_using(reader, {c.path for c in contents}, [nar_hash], False, None)
-        builds = await ctx.caches.annotate(reader, builds)
+    builds = await ctx.caches.annotate(ctx.store, builds)
     wanted = [Wanted(t.form.hex(), nar_hash, t.form, t.raw, 0, None) for t in trees]
     wanted += [Wanted(c.path, nar_hash, c.form, None, 0, None) for c in contents if c.form is not None
                and c.form not in {t.form for t in trees}]
@@ -79,11 +79,11 @@ async def _why_path(ctx: QueryContext, path: str, deadline: float) -> WhyPath:
         closure = await reader.builds.closure(found.drv_id)
         paths = [c.path for c in closure if c.path]
         hashes = [c.fixed_hash for c in closure if c.fixed_hash]
-        wanted = await _wanted(reader, closure)
+        contents = await reader.builds.contents(paths)
+        wanted = await _wanted(reader, closure, contents)
         pins = await reader.sources.locked_inputs(paths, hashes)
         repositories = await searchable(ctx, reader)
-        contents = await reader.builds.contents(paths)
-        caches, unknown = await ctx.caches.of_paths(reader, [path])
+    caches, unknown = await ctx.caches.of_paths(ctx.store, [path])
     pinned = {(p.store_path, p.rev) for p in pins} | {(p.nar_hash, p.rev) for p in pins}
     wanted = [w if w.rev_hint else Wanted(w.path, w.nar_hash, w.form, w.raw, w.distance, _pin(pinned, w))
               for w in wanted]
@@ -97,10 +97,12 @@ async def _why_path(ctx: QueryContext, path: str, deadline: float) -> WhyPath:
             and content.identifying]
     if rest:  # (a revision inside a source does not make the source itself a revision's)
         await _inside(ctx, rest, repositories, found.built_at, deadline, found_matches, not_searched)
+        async with ctx.store.reading() as reader:
+            samples = await reader.builds.samples_of([item.path for item in rest if item.path])
         for item in rest:
             assert item.path is not None
-            await _partial(ctx, item, contents[item.path].nar_hash or "", repositories, found.built_at,
-                           deadline, found_matches, not_searched)
+            await _partial(ctx, item, contents[item.path].nar_hash or "", samples.get(item.path, []),
+                           repositories, found.built_at, deadline, found_matches, not_searched)
     for item in closure:  # a flat fixed output of one file the derivation names
         if item.path_hint and item.rev_hint:
             await _flat(ctx, item, repositories, found.built_at, found_matches, not_searched)
@@ -115,10 +117,11 @@ def _pin(pinned: set[tuple[str, str | None]], w: Wanted) -> str | None:
     return next((rev for key, rev in pinned if key in (w.path, w.nar_hash)), None)
 
 
-async def _wanted(reader: Reader, closure: Sequence[ClosureItem]) -> list[Wanted]:
-    """What to look for: each identifying content of the closure (by form), and each fixed output
-    whose content is not known (by its declared NAR hash, through the recorded trees)."""
-    contents = await reader.builds.contents([c.path for c in closure if c.path])
+async def _wanted(reader: Reader, closure: Sequence[ClosureItem], contents: Mapping[str, ContentRecord]
+                  ) -> list[Wanted]:
+    """What to look for: each identifying content of the closure (by form; ``contents``: what the
+    index learnt of its paths), and each fixed output whose content is not known (by its declared
+    NAR hash, through the recorded trees)."""
     wanted: list[Wanted] = []
     for item in closure:
         content = contents.get(item.path) if item.path else None
@@ -203,13 +206,12 @@ async def _inside(ctx: QueryContext, items: Sequence[ClosureItem], repositories:
     await _find_all(ctx, wanted, repositories, built_at, deadline, found, not_searched, roots_only=True)
 
 
-async def _partial(ctx: QueryContext, item: ClosureItem, nar_hash: str,
+async def _partial(ctx: QueryContext, item: ClosureItem, nar_hash: str, samples: list[tuple[str, bytes]],
                    repositories: Sequence[RepositoryInfo], built_at: float | None, deadline: float,
                    found: Found, not_searched: set[str]) -> None:
-    """The revisions a source is a subset or a superset of (bounded; verified file by file)."""
+    """The revisions a source is a subset or a superset of (bounded; verified file by file), from
+    its sampled files (``samples``)."""
     assert item.path is not None
-    async with ctx.store.reading() as reader:
-        samples = (await reader.builds.samples_of([item.path])).get(item.path, [])
     if not samples:
         return
     copy = await asyncio.to_thread(manifest, item.path)

@@ -213,6 +213,3 @@ class RefRecorder:
         await self._store.sources.record_revisions(record, revisions, forms, trees, moves)
         return Recorded(repository=repo.name, refs={ref: rev for ref, (rev, _) in sorted(tips.items())},
                         moved=tuple(moves), revisions_indexed=len(revisions), sources_indexed=len(trees))
-
-    async def first_parents(self, repo: Repository, rev: str, depth: int) -> list[str]:
-        return await self._git.run(repo, partial(first_parents, rev=rev, depth=depth))
