@@ -28,7 +28,7 @@ from buildref.api import rpc
 from buildref.api.hookline import HookLines
 from buildref.api.http import HttpServer, listening
 from buildref.api.metrics import Metrics
-from buildref.api.operations import Admission, Caller, Services, UnknownMethod, bind
+from buildref.api.operations import Admission, Caller, Services, bind
 from buildref.api.sockets import (
     MAX_LINE,
     LineServer,
@@ -236,7 +236,7 @@ async def _serve(config: Config) -> None:
             return bind(services, Caller(uid), request.method, request.params)
 
         async def query_line(line: bytes, peer: Peer) -> bytes | None:
-            return await rpc.answer(line, peer.uid, prepare, UnknownMethod, on_query_error, wire)
+            return await rpc.answer(line, peer.uid, prepare, on_query_error, wire)
 
         async def query_too_long() -> bytes | None:
             log.warning("bad query", error="request line too long")
@@ -290,8 +290,7 @@ async def _serve(config: Config) -> None:
             hook_server.stop_accepting()
             query_server.stop_accepting()
             draining = [hook_server.drain(SHUTDOWN_GRACE), query_server.drain(SHUTDOWN_GRACE)]
-            if http_server is not None:
-                http_server.stop_accepting()
+            if http_server is not None:  # its drain stops accepting first
                 draining.append(http_server.drain(SHUTDOWN_GRACE))
             cancelled = sum(await asyncio.gather(*draining))
             if cancelled:

@@ -23,6 +23,9 @@ DEFAULT_QUERY_SOCKET = "/run/buildref/query.sock"
 DEFAULT_HOOK_CONNECTIONS = 256
 DEFAULT_QUERY_CONNECTIONS = 256
 DEFAULT_QUERY_CONNECTIONS_PER_UID = 32
+DEFAULT_HTTP_CONNECTIONS = 256
+DEFAULT_UPLOAD_BATCH = 128
+DEFAULT_UPLOAD_MAX_BACKOFF = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +44,7 @@ class HttpConfig:
 
     host: str  # an IP address, or a host name (every address it has at start is listened on)
     port: int
-    max_connections: int = 256  # open connections; more are answered 503 and closed
+    max_connections: int = DEFAULT_HTTP_CONNECTIONS  # open connections; more are answered 503 and closed
 
     @property
     def address(self) -> str:
@@ -73,8 +76,8 @@ class UploadConfig:
     """``[upload]``: where every build's outputs are copied (any ``nix copy --to`` store URI)."""
 
     to: str
-    batch: int = 128  # paths per `nix copy`
-    max_backoff: float = 3600.0  # seconds at most between two tries of a failing path
+    batch: int = DEFAULT_UPLOAD_BATCH  # paths per `nix copy`
+    max_backoff: float = DEFAULT_UPLOAD_MAX_BACKOFF  # seconds at most between two tries of a failing path
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +138,15 @@ def _positive(table: dict[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
-def _connections(table: dict[str, Any], key: str, where: str, default: int) -> int:
+def _int_in(table: dict[str, Any], key: str, where: str, default: int, low: int, high: int) -> int:
     value = _take(table, key, int, where, default)
-    if not 1 <= value <= 100_000:
-        raise BadConfig(f"{where}{key}: expected 1 to 100000, got {value!r}")
+    if not low <= value <= high:
+        raise BadConfig(f"{where}{key}: expected {low} to {high}, got {value!r}")
     return int(value)
+
+
+def _connections(table: dict[str, Any], key: str, where: str, default: int) -> int:
+    return _int_in(table, key, where, default, 1, 100_000)
 
 
 def _mode(table: dict[str, Any], where: str, default: int) -> int:
@@ -204,17 +211,7 @@ def _http(data: dict[str, Any]) -> HttpConfig | None:
     if "listen" not in table:
         raise BadConfig("http.listen: required in [http] (the HTTP API is off without an [http] table)")
     host, port = _listen(_take(table, "listen", str, "http.", None))
-    limit = _take(table, "max_connections", int, "http.", 256)
-    if not 1 <= limit <= 100_000:
-        raise BadConfig(f"http.max_connections: expected 1 to 100000, got {limit!r}")
-    return HttpConfig(host, port, limit)
-
-
-def _count(table: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
-    value = _take(table, key, int, "limits.", default)
-    if not low <= value <= high:
-        raise BadConfig(f"limits.{key}: expected {low} to {high}, got {value!r}")
-    return int(value)
+    return HttpConfig(host, port, _connections(table, "max_connections", "http.", DEFAULT_HTTP_CONNECTIONS))
 
 
 def _limits(data: dict[str, Any]) -> Limits:
@@ -227,12 +224,15 @@ def _limits(data: dict[str, Any]) -> Limits:
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
             raise BadConfig(f"limits.{key}: expected a number of seconds (0 < t <= 86400), got {value!r}")
         seconds[key] = float(value)
+    def count(key: str, low: int, high: int) -> int:
+        return _int_in(table, key, "limits.", getattr(defaults, key), low, high)
+
     return Limits(
         **seconds,
-        user_requests=_count(table, "user_requests", defaults.user_requests, 1, 1000),
-        user_repositories=_count(table, "user_repositories", defaults.user_repositories, 0, 1_000_000),
-        user_rows=_count(table, "user_rows", defaults.user_rows, 0, 10**12),
-        min_free_mb=_count(table, "min_free_mb", defaults.min_free_mb, 0, 10**9),
+        user_requests=count("user_requests", 1, 1000),
+        user_repositories=count("user_repositories", 0, 1_000_000),
+        user_rows=count("user_rows", 0, 10**12),
+        min_free_mb=count("min_free_mb", 0, 10**9),
     )
 
 
@@ -266,10 +266,8 @@ def _upload(data: dict[str, Any]) -> UploadConfig | None:
     to = _take(table, "to", str, "upload.", None)
     if not to.strip():
         raise BadConfig("upload.to: expected a store URI like \"s3://bucket\" or \"file:///srv/cache\"")
-    batch = _take(table, "batch", int, "upload.", 128)
-    if not 1 <= batch <= 1000:
-        raise BadConfig(f"upload.batch: expected 1 to 1000, got {batch!r}")
-    backoff = table.get("max_backoff", 3600.0)
+    batch = _int_in(table, "batch", "upload.", DEFAULT_UPLOAD_BATCH, 1, 1000)
+    backoff = table.get("max_backoff", DEFAULT_UPLOAD_MAX_BACKOFF)
     if isinstance(backoff, bool) or not isinstance(backoff, int | float) or not 1 <= backoff <= 86400:
         raise BadConfig(f"upload.max_backoff: expected seconds from 1 to 86400, got {backoff!r}")
     return UploadConfig(to, batch, float(backoff))

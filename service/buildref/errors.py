@@ -75,6 +75,15 @@ class NotFound(BuildrefError):
     kind = Kind.NOT_FOUND
 
 
+class UnknownMethod(NotFound):
+    """A request for an operation that does not exist: the client's mistake, as a bad parameter."""
+
+
+def clients_mistake(error: BuildrefError) -> bool:
+    """Whether ``error`` says the request was wrong (logged as a bad query), not the service."""
+    return error.kind is Kind.INVALID or isinstance(error, UnknownMethod)
+
+
 class Forbidden(BuildrefError):
     """A request the caller is not allowed to make (another user's repository, ...)."""
 
@@ -152,7 +161,10 @@ def quoted(text: str, limit: int = 80) -> str:
     return f"'{text[:limit]}…' ({len(text)} characters)"
 
 
-def bounded(message: str, limit: int) -> str:
+MAX_MESSAGE = 600  # bytes of an error message in an answer, as JSON: never much of a request echoed
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE) -> str:
     """``message`` cut so that its JSON (escapes included) stays within ``limit`` bytes; a cut
     message says so. Every answer's error passes through here: whatever a message quotes, the
     answer stays short."""

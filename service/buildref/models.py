@@ -71,16 +71,16 @@ class Wire:
         if not isinstance(data, Mapping):
             raise BadRequest(f"expected a JSON object, got {_shown(data)}")
         hints = _hints(cls)
+        fields, known = _loading(cls)
         if cls.strict:
-            unknown = sorted(set(data) - {key for _, key in _keys(cls)})
+            unknown = sorted(set(data) - known)
             if unknown:
                 raise BadRequest(f"unknown parameter {_shown(unknown[0])}")
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            key = _camel(f.name)
+        for name, key, required in fields:
             if key in data and not (text and data[key] == ""):
-                values[f.name] = _load(hints[f.name], data[key], key, text)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                values[name] = _load(hints[name], data[key], key, text)
+            elif required:
                 raise BadRequest(f"'{key}' is missing")
         return cls(**values)
 
@@ -94,6 +94,23 @@ def _keys(cls: type) -> tuple[tuple[str, str], ...]:
     if keys is None:
         keys = _KEYS[cls] = tuple((f.name, _camel(f.name)) for f in dataclasses.fields(cls))
     return keys
+
+
+_LOADING: dict[type, tuple[tuple[tuple[str, str, bool], ...], frozenset[str]]] = {}
+
+
+def _loading(cls: type) -> tuple[tuple[tuple[str, str, bool], ...], frozenset[str]]:
+    """(name, key, required) of each field, and the set of keys: what from_json reads, once per model."""
+    found = _LOADING.get(cls)
+    if found is None:
+        fields = tuple((f.name, key, _required(f))
+                       for f, (_, key) in zip(dataclasses.fields(cls), _keys(cls), strict=True))
+        found = _LOADING[cls] = (fields, frozenset(key for _, key, _ in fields))
+    return found
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -32,10 +32,10 @@ from aiohttp.web_request import BaseRequest
 
 from buildref.api.httpwire import API_PREFIX, METRICS_PATH, STATUS_OF_KIND, error_body
 from buildref.api.metrics import Metrics
-from buildref.api.operations import OPERATIONS, Caller, Services, UnknownMethod, bind
+from buildref.api.operations import OPERATIONS, Caller, Services, bind
 from buildref.api.rpc import BIG_ANSWER, off_loop, weight
 from buildref.config import HttpConfig
-from buildref.errors import BadConfig, BadRequest, BuildrefError, Kind, quoted
+from buildref.errors import BadConfig, BadRequest, BuildrefError, clients_mistake, quoted
 from buildref.models import Status, dump
 
 # Bytes in the request line. The longest valid one, a lookup with every parameter at its bound
@@ -175,7 +175,7 @@ class HttpServer:
         try:
             return await handler(request)
         except BuildrefError as e:
-            if e.kind is Kind.INVALID or isinstance(e, UnknownMethod):
+            if clients_mistake(e):
                 self._on_error("bad query", e)
             return _error(STATUS_OF_KIND[e.kind], str(e))
         except web.HTTPException as e:  # aiohttp's own answers: no such route, not GET

@@ -22,11 +22,8 @@ STATUS_OF_KIND = {Kind.INVALID: 400, Kind.NOT_FOUND: 404, Kind.FORBIDDEN: 403, K
 _KIND_OF_STATUS = {status: kind for kind, status in STATUS_OF_KIND.items()}
 
 
-MAX_MESSAGE = 600  # bytes of an error message, as JSON: an answer never echoes much of a request
-
-
 def error_body(message: str) -> bytes:
-    return json.dumps({"error": bounded(message, MAX_MESSAGE)}).encode()
+    return json.dumps({"error": bounded(message)}).encode()
 
 
 def query_string(params: Mapping[str, Any]) -> str:

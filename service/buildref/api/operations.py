@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildref.config import Limits
-from buildref.errors import BuildrefError, Forbidden, Kind, ServiceUnavailable, quoted
+from buildref.errors import Forbidden, ServiceUnavailable, UnknownMethod, quoted
 from buildref.models import (
     BuildsParams,
     EventsParams,
@@ -28,10 +28,6 @@ from buildref.query.lookup import lookup
 from buildref.query.why import why
 from buildref.sources.access import trusted
 from buildref.sources.recorder import RefRecorder
-
-
-class UnknownMethod(BuildrefError):
-    kind = Kind.NOT_FOUND
 
 
 @dataclass(frozen=True, slots=True)

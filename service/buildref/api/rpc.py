@@ -2,7 +2,7 @@
 and the one mapping from an error's kind to a JSON-RPC code (and back, for the client).
 
 An answer never echoes more of a request than a short prefix: the ``id`` is bounded, and every
-error message is cut to :data:`MAX_MESSAGE` bytes of JSON. Work whose size a client chooses — a
+error message is cut to `errors.MAX_MESSAGE` bytes of JSON. Work whose size a client chooses — a
 long request line to parse and check, a long answer to encode — runs in the ``wire`` executor,
 never on the event loop the hook socket is answered from.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from buildref.errors import BuildrefError, Kind, bounded, error_of_kind
+from buildref.errors import BuildrefError, Kind, UnknownMethod, bounded, clients_mistake, error_of_kind
 from buildref.models import Wire, dump
 
 T = TypeVar("T")
@@ -40,7 +40,6 @@ _KINDS = {**{code: kind for kind, code in _CODES.items()}, PARSE_ERROR: Kind.INV
 
 
 MAX_ID = 100  # characters in a string id (an id is echoed in the answer)
-MAX_MESSAGE = 600  # bytes of an error message in an answer, as JSON (escapes included)
 BIG_LINE = 16 * 1024  # bytes: a longer request is parsed and checked off the event loop
 BIG_ANSWER = 200  # items: an answer with more is encoded off the event loop
 
@@ -61,10 +60,8 @@ class Request:
     params: Mapping[str, Any]
 
 
-def code_of(error: BuildrefError, unknown_method: type[BuildrefError]) -> int:
-    if isinstance(error, RequestError):
-        return error.code
-    if isinstance(error, unknown_method):
+def code_of(error: BuildrefError) -> int:
+    if isinstance(error, UnknownMethod):
         return METHOD_NOT_FOUND
     return _CODES[error.kind]
 
@@ -104,7 +101,7 @@ def response(request_id: Any, result: Any) -> bytes:
 
 
 def error_response(request_id: Any, code: int, message: str) -> bytes:
-    error = {"code": code, "message": bounded(message, MAX_MESSAGE)}
+    error = {"code": code, "message": bounded(message)}
     return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}).encode() + b"\n"
 
 
@@ -149,8 +146,7 @@ async def off_loop(wire: Executor | None, big: bool, work: Callable[..., T], *ar
     return await asyncio.get_running_loop().run_in_executor(wire, partial(work, *args))
 
 
-async def answer(line: bytes, uid: int, prepare: Prepare, unknown_method: type[BuildrefError],
-                 on_error: OnError, wire: Executor) -> bytes:
+async def answer(line: bytes, uid: int, prepare: Prepare, on_error: OnError, wire: Executor) -> bytes:
     """One request line in, one answer line out; never raises (a bug is answered as one)."""
     request_id = None
     big = len(line) > BIG_LINE
@@ -164,9 +160,9 @@ async def answer(line: bytes, uid: int, prepare: Prepare, unknown_method: type[B
         on_error("bad query", e)
         return error_response(e.request_id if request_id is None else request_id, e.code, str(e))
     except BuildrefError as e:
-        if e.kind is Kind.INVALID or isinstance(e, unknown_method):
+        if clients_mistake(e):
             on_error("bad query", e)
-        return error_response(request_id, code_of(e, unknown_method), str(e))
+        return error_response(request_id, code_of(e), str(e))
     except Exception as e:  # a bug must not take the service down; the caller hears of it
         on_error("query failed", e)
         return error_response(request_id, INTERNAL_ERROR, f"error: internal error ({type(e).__name__})")
