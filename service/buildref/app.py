@@ -204,7 +204,7 @@ async def _serve(config: Config) -> None:
             uploader = Uploader(store.uploads, nix, config.upload, copied=caches.forget)
         indexer = Indexer(store, nix, config.store_dir, learner.wake, config.builder,
                           on_uploads=uploader.wake if uploader is not None else None)
-        inbox = Inbox(store.events, lambda _: indexer.wake())
+        inbox = Inbox(store.events, indexer.wake)
         hook_lines = HookLines(inbox, config.store_dir)
         spool = Spool(config.spool_dir, hook_lines.spooled)
         watcher = RepoWatcher(config.repositories, recorder, locks, observer)

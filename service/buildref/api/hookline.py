@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Awaitable
 
 import structlog
 
@@ -71,30 +72,31 @@ class HookLines:
             new = NewEvent(event.drv, event.outs, event.t, source)
         except BadRequest as e:
             drv, t = _salvage(line)
-            new = NewEvent(drv, (), t if t >= 0 else time.time(), source, error=str(e))
-            self.rejected += 1
-            self._log.warning("bad hook event", source=source, error=str(e), drv=drv[:200])
+            return await self._keep_failed(drv, t if t >= 0 else time.time(), source, str(e))
         await self._inbox.put(new)
-        return b"ok\n" if new.error is None else f"{new.error}\n".encode()
+        return b"ok\n"
+
+    async def _keep_failed(self, drv: str, t: float, source: str, error: str) -> bytes:
+        """Commit an event that cannot be indexed, as failed with ``error``; the answer says why."""
+        await self._inbox.put(NewEvent(drv, (), t, source, error=error))
+        self.rejected += 1
+        self._log.warning("bad hook event", source=source, error=error, drv=drv[:200])
+        return f"{error}\n".encode()
 
     async def line(self, line: bytes, peer: Peer) -> bytes | None:
+        return await self._answered(self.accept(line, "socket"))
+
+    async def too_long(self) -> bytes | None:
+        error = f"error: event line longer than {MAX_LINE} bytes"
+        return await self._answered(self._keep_failed("(line too long)", time.time(), "socket", error))
+
+    async def _answered(self, committing: Awaitable[bytes]) -> bytes | None:
         try:
-            return await self.accept(line, "socket")
+            return await committing
         except Exception as e:
             # not committed: no answer, so the hook spools the event
             self._log.error("event not committed", error=str(e))
             return None
-
-    async def too_long(self) -> bytes | None:
-        error = f"error: event line longer than {MAX_LINE} bytes"
-        try:
-            await self._inbox.put(NewEvent("(line too long)", (), time.time(), "socket", error=error))
-        except Exception as e:
-            self._log.error("event not committed", error=str(e))
-            return None
-        self.rejected += 1
-        self._log.warning("bad hook event", source="socket", error=error)
-        return f"{error}\n".encode()
 
     async def spooled(self, line: bytes) -> None:
         await self.accept(line, "spool")

@@ -221,9 +221,6 @@ class LineServer:
         # idle connections per uid, longest idle first (dicts keep insertion order)
         self._idle: dict[int, dict[asyncio.Task[None], _Connection]] = {}
         self._quiet: dict[str, tuple[float, int]] = {}  # event -> (logged last at, not logged since)
-        self.refused = 0
-        self.evicted = 0
-        self.cancelled = 0
 
     @property
     def active(self) -> int:
@@ -302,7 +299,6 @@ class LineServer:
         uid = peer.uid
         refusal = self._admit(uid)
         if refusal is not None:
-            self.refused += 1
             self._note("connection refused", uid=uid, error=f"error: {refusal}")
             if self._refuse is not None:
                 with contextlib.suppress(OSError):  # a short line fits the socket's buffer
@@ -348,7 +344,6 @@ class LineServer:
         self._forget(victim)
         assert victim.task is not None
         victim.task.cancel()
-        self.evicted += 1
         self._note("idle connection closed to make room", uid=uid)
         return True
 
@@ -436,7 +431,6 @@ class LineServer:
                     if kind is _Read.GONE or (kind is _Read.END and _hung_up(sock)):
                         handler.cancel()
                         await asyncio.wait((handler,))
-                        self.cancelled += 1
                         self._log.warning("request cancelled: client left", socket=self._name, uid=peer.uid,
                                           ms=round((time.monotonic() - started) * 1000, 1))
                         return None

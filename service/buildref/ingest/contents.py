@@ -44,7 +44,6 @@ class ContentLearner:
         self._store = store
         self._nix = nix
         self._wake = asyncio.Event()
-        self.learnt = 0
         self._log = structlog.get_logger("buildref.contents")
 
     def wake(self) -> None:
@@ -82,4 +81,3 @@ class ContentLearner:
             else:
                 results.append(await asyncio.to_thread(learn, path, *info))
         await self._store.builds.record_contents(results)
-        self.learnt += len(results)

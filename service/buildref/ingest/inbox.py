@@ -17,7 +17,7 @@ _Item = tuple[NewEvent, asyncio.Future[None]]
 
 
 class Inbox:
-    def __init__(self, log: EventLog, on_commit: Callable[[int], None]) -> None:
+    def __init__(self, log: EventLog, on_commit: Callable[[], None]) -> None:
         self._log = log
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._on_commit = on_commit
@@ -81,4 +81,4 @@ class Inbox:
         for _, done in group:
             if not done.done():
                 done.set_result(None)
-        self._on_commit(len(group))
+        self._on_commit()

@@ -19,6 +19,7 @@ from watchdog.observers.api import BaseObserver
 SUFFIX = ".json"
 RETRY_DELAY = 5.0
 SWEEP = 5.0  # seconds between looks without a change seen: a watch is lost with its directory
+GROUP = 500  # files accepted at once: their events share the inbox's group commits
 
 Accept = Callable[[bytes], Awaitable[None]]
 
@@ -73,19 +74,30 @@ class Spool:
 
     async def drain(self) -> int:
         count = 0
-        for path in spooled(self.dir):
+        paths = spooled(self.dir)
+        for start in range(0, len(paths), GROUP):
+            lines = self._read(paths[start:start + GROUP])
+            # each commits its event, or keeps it as failed with its error; queued in order, and
+            # committed together rather than a commit (an fsync) per file
+            done = await asyncio.gather(*(self._accept(line) for _, line in lines), return_exceptions=True)
+            for (path, _), result in zip(lines, done, strict=True):
+                if isinstance(result, BaseException):
+                    raise result  # this file and the rest stay, for the next drain
+                os.unlink(path)
+                count += 1
+        if count:
+            self._log.info("spool drained", events=count)
+        return count
+
+    def _read(self, paths: list[str]) -> list[tuple[str, bytes]]:
+        lines = []
+        for path in paths:
             try:
                 with open(path, "rb") as f:
-                    line = f.read()
+                    lines.append((path, f.read()))
             except FileNotFoundError:
                 continue  # drained by an earlier pass
             except OSError as e:
                 self._log.error("unreadable spool file", path=path, error=str(e))
-                continue
-            await self._accept(line)  # commits the event, or keeps it as failed with its error
-            os.unlink(path)
-            count += 1
-        if count:
-            self._log.info("spool drained", events=count)
-        return count
+        return lines
 

@@ -20,7 +20,7 @@ from buildref.store.api import (
     TableCounts,
 )
 from buildref.store.postgres.database import Conn, PgDatabase, Snapshot
-from buildref.store.rows import CONTENT, content, derivation_info
+from buildref.store.rows import CONTENT, closure_items, content, derivation_info
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -213,22 +213,14 @@ class PgBuildQueries:
             "WITH RECURSIVE closure (id, distance) AS (SELECT $1::bigint, 0"
             " UNION SELECT e.input_id, c.distance + 1 FROM drv_inputs e JOIN closure c ON e.drv_id = c.id)"
             " SELECT id, min(distance) FROM closure GROUP BY id", drv_id)}
-        items: dict[tuple[str | None, str | None], ClosureItem] = {}
-        for i, path in await self._conn.fetch(
-                "SELECT drv_id, path FROM src_inputs WHERE drv_id = ANY($1::bigint[])", list(distance)):
-            if not path.endswith(".drv"):
-                item = ClosureItem(path, distance[i])
-                if items.setdefault((path, None), item).distance > item.distance:
-                    items[(path, None)] = item
-        for i, fixed_hash, rev_hint, path_hint, path in await self._conn.fetch(
-                "SELECT d.id, d.fixed_hash, d.rev_hint, d.path_hint, o.path FROM derivations d"
-                " LEFT JOIN outputs o ON o.drv_id = d.id WHERE d.id = ANY($1::bigint[])"
-                " AND (d.fixed_mode = 'recursive' OR (d.fixed_mode = 'flat' AND d.path_hint IS NOT NULL))",
-                list(distance)):
-            item = ClosureItem(path, distance[i], fixed_hash, rev_hint, path_hint)
-            if items.setdefault((path, fixed_hash), item).distance > item.distance:
-                items[(path, fixed_hash)] = item
-        return sorted(items.values(), key=lambda c: (c.distance, c.path or "", c.fixed_hash or ""))
+        sources = await self._conn.fetch(
+            "SELECT drv_id, path FROM src_inputs WHERE drv_id = ANY($1::bigint[])", list(distance))
+        fixed = await self._conn.fetch(
+            "SELECT d.id, d.fixed_hash, d.rev_hint, d.path_hint, o.path FROM derivations d"
+            " LEFT JOIN outputs o ON o.drv_id = d.id WHERE d.id = ANY($1::bigint[])"
+            " AND (d.fixed_mode = 'recursive' OR (d.fixed_mode = 'flat' AND d.path_hint IS NOT NULL))",
+            list(distance))
+        return closure_items(distance, sources, fixed)
 
     async def derivations_using(self, store_paths: Collection[str], nar_hashes: Collection[str],
                                 max_distance: int, drv_ids: Collection[int] = ()) -> dict[int, int]:

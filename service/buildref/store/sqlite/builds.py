@@ -17,7 +17,7 @@ from buildref.store.api import (
     IndexedBuild,
     TableCounts,
 )
-from buildref.store.rows import CONTENT, content, derivation_info
+from buildref.store.rows import CONTENT, closure_items, content, derivation_info
 from buildref.store.sqlite.database import Database, many, rows, rows_in
 
 
@@ -149,23 +149,14 @@ class SqliteBuildQueries:
             " UNION SELECT e.input_id, c.distance + 1 FROM drv_inputs e JOIN closure c ON e.drv_id = c.id)"
             " SELECT id, min(distance) FROM closure GROUP BY id", (drv_id,)))
         # by key, not joined to the closure: a join the planner misjudged cost 5 ms here
-        items: dict[tuple[str | None, str | None], ClosureItem] = {}
-        sources = "SELECT drv_id, path FROM src_inputs WHERE drv_id IN ({marks})"
-        for i, path in await rows_in(self._conn, sources, distance):
-            if not path.endswith(".drv"):
-                item = ClosureItem(path, distance[i])
-                if items.setdefault((path, None), item).distance > item.distance:
-                    items[(path, None)] = item
-        for i, fixed_hash, rev_hint, path_hint, path in await rows_in(
-                self._conn,
-                "SELECT d.id, d.fixed_hash, d.rev_hint, d.path_hint, o.path FROM derivations d"
-                " LEFT JOIN outputs o ON o.drv_id = d.id WHERE d.id IN ({marks}) AND (d.fixed_mode ="
-                " 'recursive'"
-                " OR (d.fixed_mode = 'flat' AND d.path_hint IS NOT NULL))", distance):
-            item = ClosureItem(path, distance[i], fixed_hash, rev_hint, path_hint)
-            if items.setdefault((path, fixed_hash), item).distance > item.distance:
-                items[(path, fixed_hash)] = item
-        return sorted(items.values(), key=lambda c: (c.distance, c.path or "", c.fixed_hash or ""))
+        sources = await rows_in(self._conn, "SELECT drv_id, path FROM src_inputs WHERE drv_id IN ({marks})",
+                                distance)
+        fixed = await rows_in(
+            self._conn,
+            "SELECT d.id, d.fixed_hash, d.rev_hint, d.path_hint, o.path FROM derivations d"
+            " LEFT JOIN outputs o ON o.drv_id = d.id WHERE d.id IN ({marks}) AND (d.fixed_mode = 'recursive'"
+            " OR (d.fixed_mode = 'flat' AND d.path_hint IS NOT NULL))", distance)
+        return closure_items(distance, sources, fixed)
 
     async def derivations_using(self, store_paths: Collection[str], nar_hashes: Collection[str],
                                 max_distance: int, drv_ids: Collection[int] = ()) -> dict[int, int]:

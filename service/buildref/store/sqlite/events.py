@@ -10,7 +10,7 @@ import aiosqlite
 
 from buildref.models import Event, EventCounts, EventState
 from buildref.store.api import NewEvent, PendingEvent
-from buildref.store.sqlite.database import CHUNK, Database, many, rows, rows_in
+from buildref.store.sqlite.database import Database, many, rows, rows_in
 
 _EVENTS_PER_STATEMENT = 500  # 7 parameters each
 _COLUMNS = "id, drv, t, received_at, source, state, error"
@@ -79,14 +79,12 @@ class SqliteEventQueries:
     async def by_keys(self, keys: Sequence[tuple[str, float]]) -> list[Event]:
         wanted = set(keys)
         found: list[Event] = []
-        # by drv in chunks (one query per chunk, not per key), then the exact (drv, t) here
-        for i in range(0, len(keys), CHUNK):
-            drvs = {drv for drv, _ in keys[i:i + CHUNK]}
-            for row in await rows_in(self._conn, f"SELECT {_COLUMNS} FROM events WHERE drv IN ({{marks}})",
-                                     drvs):
-                if (row[1], row[2]) in wanted:
-                    found.append(_event(row))
-                    wanted.discard((row[1], row[2]))
+        # by drv (rows_in asks in chunks, not per key), then the exact (drv, t) here
+        for row in await rows_in(self._conn, f"SELECT {_COLUMNS} FROM events WHERE drv IN ({{marks}})",
+                                 {drv for drv, _ in keys}):
+            if (row[1], row[2]) in wanted:
+                found.append(_event(row))
+                wanted.discard((row[1], row[2]))
         return found
 
     async def oldest_pending(self) -> float | None:
