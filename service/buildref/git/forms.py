@@ -182,11 +182,13 @@ class TreeForms:
                     files[(path + e.name)[start:].decode(errors="surrogateescape")] = leaf[:2]
         return files
 
-    def _entries(self, tree: bytes, rule: TreeRule, stack: AttributeStack, path: bytes
+    def _entries(self, tree: bytes, rule: TreeRule, stack: AttributeStack, path: bytes,
+                 entries: list[Entry] | None = None
                  ) -> tuple[list[Entry], dict[bytes, Rewrite], AttributeStack]:
-        """The entries Nix has of ``tree`` (at ``path``), the files git archive rewrites, and the
-        attributes in effect there."""
-        entries = self.entries(tree)
+        """The entries Nix has of ``tree`` (at ``path``; ``entries``: all of its own, when read
+        already), the files git archive rewrites, and the attributes in effect there."""
+        if entries is None:
+            entries = self.entries(tree)
         rewrites: dict[bytes, Rewrite] = {}
         if rule is TreeRule.EXPORT_IGNORE:
             stack = self._trees.stack_of(entries, path, stack)
@@ -235,7 +237,7 @@ class TreeForms:
         every directory's path); every directory entered is listed in ``listing``."""
         if len(self._memo) > self.MAX_MEMO:
             self._memo.clear()
-        stack = [_Frame.open(self, tree, rule, inherited, path, commit)]
+        stack = [_Frame.open(self, tree, rule, inherited, path, commit, enter)]
         while stack:
             frame = stack[-1]
             child = frame.next_subtree(self, enter)
@@ -284,13 +286,18 @@ class _Frame:
 
     @classmethod
     def open(cls, forms: TreeForms, tree: bytes, rule: TreeRule, inherited: AttributeStack, path: bytes,
-             commit: CommitData | None, name: bytes = b"") -> _Frame:
+             commit: CommitData | None, enter: Callable[[Form], bool] | None, name: bytes = b"") -> _Frame:
+        """The frame of ``tree``; its entries are read only when it will be entered (its form is
+        not memoised, or ``enter`` wants it entered)."""
         key = forms._key(tree, rule, inherited, path)
         frame = cls(key, rule, inherited, path, name, commit)
         frame.form = forms.memoised(key, commit, path)
+        if frame.form is not None and (enter is None or not enter(frame.form)):
+            return frame
+        entries = forms.entries(tree)
         # as in tree_nar: git archive writes a directory when it reaches a non-directory entry below it
-        frame.archived = any(e.mode & _MODE_TYPE != _MODE_TREE for e in forms.entries(tree))
-        frame.entries, frame.rewrites, frame.inherited = forms._entries(tree, rule, inherited, path)
+        frame.archived = any(e.mode & _MODE_TYPE != _MODE_TREE for e in entries)
+        frame.entries, frame.rewrites, frame.inherited = forms._entries(tree, rule, inherited, path, entries)
         return frame
 
     def next_subtree(self, forms: TreeForms, enter: Callable[[Form], bool] | None) -> _Frame | None:
@@ -305,7 +312,7 @@ class _Frame:
             if kind == _MODE_TREE:
                 child_path = self.path + entry.name + b"/"
                 child = _Frame.open(forms, entry.oid, self.rule, self.inherited, child_path,
-                                    self.commit, entry.name)
+                                    self.commit, enter, entry.name)
                 if child.form is None or (enter is not None and enter(child.form)):
                     return child
                 self.attach(entry.name, child.form)
